@@ -1,0 +1,62 @@
+"""The `kakoi` command: Docker-like commands over the local store.
+
+Only argparse and the command modules' parsers load at start-up; each handler
+imports what it needs, so that `kakoi run` pays for nothing it does not use.
+"""
+
+import argparse
+import os
+import sys
+
+from kakoi import __version__
+from kakoi.errors import KakoiError
+
+DEFAULT_ROOT = "/var/lib/kakoi"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Report bad flags with Docker's exit code 125 instead of argparse's 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(125, f"kakoi: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kakoi.cli import containers, images
+
+    parser = ArgumentParser(prog="kakoi", description="Run OCI containers.")
+    parser.add_argument("--version", action="version", version=f"kakoi {__version__}")
+    parser.add_argument("--root", default=os.environ.get("KAKOI_ROOT", DEFAULT_ROOT),
+                        help="directory of kakoi's images and containers "
+                             "(default: $KAKOI_ROOT or /var/lib/kakoi)")
+    parser.add_argument("--debug", action="store_true", help="log decisions to stderr")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                       parser_class=ArgumentParser)
+    containers.register(subparsers)
+    images.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 125
+    if args.debug:
+        import logging
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KakoiError as error:
+        print(f"kakoi: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

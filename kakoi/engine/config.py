@@ -1,0 +1,263 @@
+"""Turn an image config and `kakoi run` options into an OCI runtime config.json.
+
+The defaults follow Docker's (moby's oci defaults): its capability set, its masked
+and read-only /proc paths, its /dev and mounts, with rlimits clamped to the host's
+hard limits because this host's root cannot raise them.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from kakoi.errors import InvalidArgument, NotSupportedError
+from kakoi.engine import options as parse
+from kakoi.engine import users
+from kakoi.kernel import capabilities
+
+OCI_VERSION = "1.0.2"
+
+DEFAULT_CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]
+MASKED_PATHS = [
+    "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+]
+READONLY_PATHS = [
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+]
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# containerd's default open-file limit for containers, lowered to the host's hard limit.
+DEFAULT_NOFILE = 1048576
+
+
+@dataclass
+class RunOptions:
+    """The `kakoi run` flags, as strings and lists the way the command line gives them."""
+
+    image: str
+    command: list[str] = field(default_factory=list)
+    name: str | None = None
+    remove: bool = False
+    env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    entrypoint: str | None = None
+    volumes: list[str] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    read_only: bool = False
+    interactive: bool = False
+    tty: bool = False
+    memory: str | None = None
+    memory_swap: str | None = None
+    cpus: str | None = None
+    cpu_shares: int | None = None
+    pids_limit: int | None = None
+    ulimits: list[str] = field(default_factory=list)
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    privileged: bool = False
+    security_opt: list[str] = field(default_factory=list)
+    network: str = "none"
+
+
+def build(run: RunOptions, image_config: dict, container_id: str, layer_dirs: list[str],
+          container_dir: str) -> dict:
+    """Return the config.json of a new container."""
+    config = image_config.get("config") or {}
+    args = _command(run, config)
+    user = users.resolve(run.user or config.get("User") or "", layer_dirs)
+    hostname = run.hostname or container_id[:12]
+    env = _environment(run, config, hostname, user)
+    namespaces = _namespaces(run.network)
+    resources = _resources(run)
+
+    spec = {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": run.tty,
+            "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
+            "args": args,
+            "env": env,
+            "cwd": run.workdir or config.get("WorkingDir") or "/",
+            "capabilities": _capabilities(run, user.uid),
+            "rlimits": _rlimits(run.ulimits),
+            "noNewPrivileges": _no_new_privileges(run.security_opt),
+        },
+        "root": {"path": "rootfs", "readonly": run.read_only},
+        "hostname": hostname,
+        "mounts": _mounts(run, container_dir),
+        "linux": {
+            "namespaces": namespaces,
+            "resources": resources,
+            "cgroupsPath": f"kakoi/{container_id}",
+            "maskedPaths": [] if run.privileged else MASKED_PATHS,
+            "readonlyPaths": [] if run.privileged else READONLY_PATHS,
+        },
+    }
+    if run.tty:
+        from kakoi.runtime.attach import terminal_size
+        size = terminal_size()
+        if size:
+            spec["process"]["consoleSize"] = size
+    if not run.workdir and not config.get("WorkingDir"):
+        pass
+    return spec
+
+
+def _command(run: RunOptions, config: dict) -> list[str]:
+    if run.entrypoint is not None:
+        entrypoint = [run.entrypoint] if run.entrypoint else []
+        command = run.command
+    else:
+        entrypoint = list(config.get("Entrypoint") or [])
+        command = run.command or list(config.get("Cmd") or [])
+    args = entrypoint + command
+    if not args:
+        raise InvalidArgument("no command specified: give one after the image name, "
+                              "or use an image with a Cmd or Entrypoint")
+    return args
+
+
+def _environment(run: RunOptions, config: dict, hostname: str, user) -> list[str]:
+    values: dict[str, str] = {"PATH": DEFAULT_PATH}
+    if run.tty:
+        values["TERM"] = "xterm"
+    values["HOSTNAME"] = hostname
+    for entry in config.get("Env") or []:
+        key, _, value = entry.partition("=")
+        values[key] = value
+    for path in run.env_files:
+        for entry in parse.parse_env_file(path):
+            key, _, value = entry.partition("=")
+            values[key] = value
+    for entry in parse.parse_env(run.env):
+        key, _, value = entry.partition("=")
+        values[key] = value
+    values.setdefault("HOME", user.home)
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def _namespaces(network: str) -> list[dict]:
+    kinds = ["pid", "ipc", "uts", "mount", "cgroup"]
+    if network in ("none", "bridge", "default"):
+        # NOTE: there is no bridge network yet, so the default is a network namespace
+        # with only loopback, as --network none gives.
+        kinds.append("network")
+    elif network != "host":
+        raise InvalidArgument(f"invalid --network {network!r}: use none or host")
+    return [{"type": kind} for kind in kinds]
+
+
+def _resources(run: RunOptions) -> dict:
+    memory = parse.parse_memory(run.memory)
+    swap = parse.parse_memory_swap(run.memory_swap, memory)
+    cpu_quota = parse.parse_cpus(run.cpus)
+    resources: dict = {}
+    if memory is not None:
+        resources["memory"] = {"limit": memory}
+        if swap is not None:
+            resources["memory"]["swap"] = swap
+    cpu = {}
+    if cpu_quota:
+        cpu["quota"], cpu["period"] = cpu_quota
+    if run.cpu_shares is not None:
+        if run.cpu_shares < 2:
+            raise InvalidArgument(f"invalid --cpu-shares {run.cpu_shares}: the minimum is 2")
+        cpu["shares"] = run.cpu_shares
+    if cpu:
+        resources["cpu"] = cpu
+    if run.pids_limit is not None:
+        resources["pids"] = {"limit": run.pids_limit if run.pids_limit > 0 else -1}
+    return resources
+
+
+def _capabilities(run: RunOptions, uid: int) -> dict:
+    host_bounding = capabilities.bounding_set()
+    if run.privileged:
+        granted = list(host_bounding)
+    else:
+        granted = _adjust(DEFAULT_CAPABILITIES, run.cap_add, run.cap_drop, host_bounding)
+    # Docker gives a non-root user no effective capabilities, only a bounding set.
+    effective = granted if uid == 0 else []
+    return {"bounding": granted, "effective": effective, "permitted": effective,
+            "inheritable": [], "ambient": []}
+
+
+def _adjust(base: list[str], add: list[str], drop: list[str], host: list[str]) -> list[str]:
+    result = list(base)
+    dropped = [capabilities.normalize(name) for name in drop if name.upper() != "ALL"]
+    if any(name.upper() == "ALL" for name in drop):
+        result = []
+    for name in add:
+        if name.upper() == "ALL":
+            result = list(host)
+            continue
+        canonical = capabilities.normalize(name)
+        if canonical not in host:
+            raise NotSupportedError(f"--cap-add {name}: this host's bounding set lacks "
+                                    f"{canonical}, so no container can have it")
+        if canonical not in result:
+            result.append(canonical)
+    return [name for name in result if name not in dropped and name in host]
+
+
+def _rlimits(ulimits: list[str]) -> list[dict]:
+    import resource
+
+    host_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = min(DEFAULT_NOFILE, host_hard) if host_hard != resource.RLIM_INFINITY \
+        else DEFAULT_NOFILE
+    limits = {"RLIMIT_NOFILE": {"type": "RLIMIT_NOFILE", "soft": nofile, "hard": nofile}}
+    for text in ulimits:
+        rlimit = parse.parse_ulimit(text)
+        limits[rlimit["type"]] = rlimit
+    return list(limits.values())
+
+
+def _no_new_privileges(security_opt: list[str]) -> bool:
+    enabled = False
+    for option in security_opt:
+        key, _, value = option.replace(":", "=", 1).partition("=")
+        if key == "no-new-privileges":
+            if value not in ("", "true", "false"):
+                raise InvalidArgument(f"invalid --security-opt {option!r}: use "
+                                      "no-new-privileges or no-new-privileges=false")
+            enabled = value != "false"
+        elif key in ("seccomp", "apparmor") and value == "unconfined":
+            continue  # kakoi applies neither a seccomp profile nor an AppArmor profile yet
+        else:
+            raise NotSupportedError(f"--security-opt {option!r} is not supported: kakoi "
+                                    "accepts no-new-privileges, seccomp=unconfined and "
+                                    "apparmor=unconfined")
+    return enabled
+
+
+def _mounts(run: RunOptions, container_dir: str) -> list[dict]:
+    sys_options = ["nosuid", "noexec", "nodev", "rw" if run.privileged else "ro"]
+    mounts = [
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_options},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": sys_options},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    ]
+    for name in ("resolv.conf", "hostname", "hosts"):
+        mounts.append({"destination": f"/etc/{name}", "type": "bind",
+                       "source": os.path.join(container_dir, name),
+                       "options": ["rbind", "rprivate"]})
+    mounts += [parse.parse_tmpfs(text) for text in run.tmpfs]
+    mounts += [parse.parse_volume(text) for text in run.volumes]
+    return mounts

@@ -1,0 +1,267 @@
+"""The container's init sequence: what the forked child does from fork to exec.
+
+Runs as PID 1 of the container's new pid namespace, in a forked copy of the runtime.
+Every step is ordered; the comment at each says why it sits where it does. Any
+failure is sent to the parent as an error message, and the child exits without
+running the parent's clean-up code (os._exit).
+"""
+
+import errno
+import fcntl
+import os
+import signal
+import socket
+import struct
+import termios
+
+from kakoi.errors import CommandNotExecutable, CommandNotFound, InvalidSpecError, KakoiError
+from kakoi.kernel import capabilities, libc, paths
+from kakoi.runtime import rootfs as rootfs_setup
+from kakoi.runtime import spec as oci
+from kakoi.runtime import sync
+
+_TIOCSCTTY = 0x540E
+_TIOCSPTLCK = 0x40045431
+_TIOCGPTPEER = 0x5441
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+class InitContext:
+    """What the parent hands to the child besides the spec."""
+
+    def __init__(self, spec: dict, rootfs: str, sock: socket.socket, *,
+                 rootfs_mounts: list[dict], stdio: tuple[int, int, int] | None,
+                 cgroup, cgroup_mounter, kill_with_parent: bool):
+        self.spec = spec
+        self.rootfs = rootfs
+        self.sock = sock
+        self.rootfs_mounts = rootfs_mounts
+        self.stdio = stdio
+        self.cgroup = cgroup
+        self.cgroup_mounter = cgroup_mounter
+        self.kill_with_parent = kill_with_parent
+
+
+def child_main(context: InitContext) -> None:
+    """Run the init sequence and exec the user program; never returns."""
+    status = 125
+    try:
+        _run(context)
+    except CommandNotFound as error:
+        status = _report(context.sock, "not_found", error)
+    except CommandNotExecutable as error:
+        status = _report(context.sock, "not_executable", error)
+    except BaseException as error:  # every failure must reach the parent, whatever its type
+        status = _report(context.sock, "error", error)
+    finally:
+        os._exit(status)
+
+
+def _report(sock: socket.socket, kind: str, error: BaseException) -> int:
+    message = str(error) if isinstance(error, (KakoiError, OSError)) else repr(error)
+    try:
+        sync.send(sock, {"type": "error", "kind": kind, "message": message})
+    except OSError:
+        pass
+    return {"not_found": 127, "not_executable": 126}.get(kind, 125)
+
+
+def _run(context: InitContext) -> None:
+    spec = context.spec
+    process = spec["process"]
+    linux = spec.get("linux", {})
+    namespaces = oci.namespaces(spec)
+
+    # Python ignores SIGPIPE and SIGXFSZ and handles SIGINT; the user program must
+    # start with default dispositions, and PID 1 gets only signals it handles.
+    _reset_signals()
+    if context.kill_with_parent:
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    # Join the cgroup before unsharing the cgroup namespace, so that the namespace's
+    # root is the container's own cgroup.
+    if context.cgroup is not None:
+        context.cgroup.add_process(0)
+    _enter_namespaces(namespaces)
+    if "network" in namespaces and namespaces["network"] is None:
+        _loopback_up()
+
+    if "mount" in namespaces:
+        _setup_filesystem(context, linux, process)
+    if spec.get("hostname") is not None and "uts" in namespaces:
+        libc.sethostname(spec["hostname"])
+    if spec.get("domainname") is not None and "uts" in namespaces:
+        libc.setdomainname(spec["domainname"])
+
+    if process.get("terminal"):
+        _attach_console(context.sock, process)
+    elif context.stdio is not None:
+        for target, source in enumerate(context.stdio):
+            if source != target:
+                os.dup2(source, target)
+
+    sync.send(context.sock, {"type": "ready"})
+    message, _ = sync.receive(context.sock)
+    if message is None or message.get("type") != "start":
+        os._exit(125)  # the parent went away or changed its mind: never run the program
+
+    _finalize_process(process)
+    _exec(process, context.sock.fileno())
+
+
+def _reset_signals() -> None:
+    for number in range(1, signal.NSIG):
+        if number in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(number, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # real-time signals reserved by the C library
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _enter_namespaces(namespaces: dict[str, str | None]) -> None:
+    unshare_flags = 0
+    for kind, path in namespaces.items():
+        if kind == "pid":
+            continue  # the parent set the pid namespace up before fork
+        if path is None:
+            unshare_flags |= oci.NAMESPACE_FLAGS[kind]
+            continue
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            libc.setns(fd, oci.NAMESPACE_FLAGS[kind])
+        finally:
+            os.close(fd)
+    if unshare_flags:
+        libc.unshare(unshare_flags)
+
+
+def _loopback_up() -> None:
+    """Bring up "lo" in the new network namespace, as runc does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+def _setup_filesystem(context: InitContext, linux: dict, process: dict) -> None:
+    rootfs = context.rootfs
+    rootfs_setup.prepare_root(rootfs, linux.get("rootfsPropagation"), context.rootfs_mounts)
+
+    root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for mount in context.spec.get("mounts", []):
+            rootfs_setup.mount_entry(rootfs, root_fd, mount, context.cgroup_mounter)
+        rootfs_setup.create_devices(root_fd, linux.get("devices", []))
+        # runc creates a missing working directory, as Docker's WORKDIR expects.
+        os.close(paths.open_in_root(root_fd, process.get("cwd", "/"), create="dir"))
+    finally:
+        os.close(root_fd)
+
+    rootfs_setup.pivot(rootfs)
+    _write_sysctls(linux.get("sysctl", {}))
+    rootfs_setup.mask_paths(linux.get("maskedPaths", []))
+    rootfs_setup.make_readonly(linux.get("readonlyPaths", []))
+    if context.spec["root"].get("readonly"):
+        rootfs_setup.remount_root_readonly()
+
+
+def _write_sysctls(sysctls: dict[str, str]) -> None:
+    for key, value in sysctls.items():
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with open(path, "w") as file:
+                file.write(str(value))
+        except OSError as error:
+            raise InvalidSpecError(f"cannot set sysctl {key}={value}: {error.strerror}")
+
+
+def _attach_console(sock: socket.socket, process: dict) -> None:
+    """Open a pty, send its master to the parent, and make the slave our terminal.
+
+    The pty comes from the container's own /dev/pts (a new devpts instance), as runc
+    does, so the program sees its terminal as /dev/pts/0.
+    """
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+    slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    size = process.get("consoleSize")
+    if size:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ,
+                    struct.pack("HHHH", size.get("height", 0), size.get("width", 0), 0, 0))
+    sync.send(sock, {"type": "console"}, fd=master)
+    os.close(master)
+
+    os.setsid()
+    fcntl.ioctl(slave, _TIOCSCTTY, 0)
+    for target in (0, 1, 2):
+        os.dup2(slave, target)
+    if slave > 2:
+        os.close(slave)
+
+
+def _finalize_process(process: dict) -> None:
+    """Apply limits, identity and capabilities; the order follows runc's finalizeNamespace."""
+    import resource
+
+    for rlimit in process.get("rlimits", []):
+        number = getattr(resource, rlimit["type"])
+        try:
+            resource.setrlimit(number, (rlimit["soft"], rlimit["hard"]))
+        except (ValueError, OSError):
+            host_hard = resource.getrlimit(number)[1]
+            raise InvalidSpecError(
+                f"cannot set {rlimit['type']} to {rlimit['soft']}:{rlimit['hard']}: "
+                f"the host's hard limit is {host_hard}, and raising it needs CAP_SYS_RESOURCE")
+    if "oomScoreAdj" in process:
+        with open("/proc/self/oom_score_adj", "w") as file:
+            file.write(str(process["oomScoreAdj"]))
+
+    os.chdir(process.get("cwd", "/"))
+    caps = process.get("capabilities", {})
+    capabilities.drop_bounding(capabilities.mask(caps.get("bounding")))
+
+    user = process.get("user", {})
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    libc.prctl(libc.PR_SET_KEEPCAPS, 1)
+    os.setgroups(user.get("additionalGids", []))
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    libc.prctl(libc.PR_SET_KEEPCAPS, 0)
+    if "umask" in user:
+        os.umask(user["umask"])
+
+    capabilities_set = capabilities.mask
+    libc.capset(capabilities_set(caps.get("effective")), capabilities_set(caps.get("permitted")),
+                capabilities_set(caps.get("inheritable")))
+    if caps.get("ambient"):
+        capabilities.set_ambient(capabilities_set(caps["ambient"]))
+    if process.get("noNewPrivileges"):
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _exec(process: dict, sync_fd: int) -> None:
+    args = process["args"]
+    env = dict(entry.split("=", 1) for entry in process.get("env", []))
+    # No descriptor of the runtime may reach the container (the runc CVE-2024-21626
+    # kind). The sync socket stays open until exec, which closes it (close-on-exec),
+    # and that end of stream tells the parent the program started.
+    first_closed = 3 + int(process.get("preserveFds", 0) or 0)
+    if sync_fd >= first_closed:
+        os.closerange(first_closed, sync_fd)
+        os.closerange(sync_fd + 1, 1 << 20)
+    else:
+        os.closerange(first_closed, 1 << 20)
+    try:
+        os.execvpe(args[0], args, env)
+    except FileNotFoundError:
+        raise CommandNotFound(f"{args[0]!r}: executable file not found in $PATH")
+    except PermissionError:
+        raise CommandNotExecutable(f"{args[0]!r}: permission denied")
+    except OSError as error:
+        if error.errno in (errno.ENOEXEC, errno.EISDIR, errno.ENOTDIR):
+            raise CommandNotExecutable(f"{args[0]!r}: {error.strerror}")
+        raise

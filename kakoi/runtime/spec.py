@@ -1,0 +1,128 @@
+"""The OCI runtime spec's config.json: loading and validation before any kernel state changes.
+
+The spec stays a dict, as config.json has it; this module checks the parts kakoi
+acts on and converts the ones that need typed values.
+"""
+
+import json
+import os
+
+from kakoi.errors import InvalidSpecError, NotSupportedError
+
+NAMESPACE_FLAGS = {
+    "pid": 0x20000000, "network": 0x40000000, "mount": 0x00020000, "ipc": 0x08000000,
+    "uts": 0x04000000, "user": 0x10000000, "cgroup": 0x02000000, "time": 0x00000080,
+}
+
+RLIMIT_NAMES = (
+    "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_RSS",
+    "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS", "RLIMIT_LOCKS",
+    "RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME",
+)
+
+
+def load(bundle: str) -> dict:
+    """Read and validate bundle/config.json."""
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as file:
+            spec = json.load(file)
+    except FileNotFoundError:
+        raise InvalidSpecError(f"{path} not found: a bundle needs a config.json")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidSpecError(f"invalid JSON in {path}: {error}")
+    validate(spec, bundle)
+    return spec
+
+
+def validate(spec: dict, bundle: str) -> None:
+    """Raise InvalidSpecError for the first problem that would stop the container."""
+    if not isinstance(spec, dict):
+        raise InvalidSpecError("config.json must hold a JSON object")
+    if not spec.get("ociVersion"):
+        raise InvalidSpecError("config.json is missing ociVersion")
+    _validate_root(spec, bundle)
+    _validate_process(spec.get("process"))
+    _validate_mounts(spec.get("mounts", []))
+    _validate_linux(spec)
+
+
+def root_path(spec: dict, bundle: str) -> str:
+    path = spec["root"]["path"]
+    return path if os.path.isabs(path) else os.path.join(bundle, path)
+
+
+def _validate_root(spec: dict, bundle: str) -> None:
+    root = spec.get("root")
+    if not isinstance(root, dict) or not root.get("path"):
+        raise InvalidSpecError("config.json is missing root.path")
+    path = root_path(spec, bundle)
+    if not os.path.isdir(path):
+        raise InvalidSpecError(f"root.path {path} is not a directory: create the rootfs first")
+
+
+def _validate_process(process) -> None:
+    if not isinstance(process, dict):
+        raise InvalidSpecError("config.json is missing process")
+    args = process.get("args")
+    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+        raise InvalidSpecError("process.args must be a non-empty list of strings")
+    cwd = process.get("cwd", "/")
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        raise InvalidSpecError(f"process.cwd {cwd!r} must be an absolute path")
+    user = process.get("user", {})
+    if not isinstance(user.get("uid", 0), int) or not isinstance(user.get("gid", 0), int):
+        raise InvalidSpecError("process.user.uid and gid must be integers")
+    for entry in process.get("env", []):
+        if not isinstance(entry, str) or "=" not in entry:
+            raise InvalidSpecError(f"process.env entry {entry!r} is not of the form KEY=VALUE")
+    seen = set()
+    for rlimit in process.get("rlimits", []):
+        name = rlimit.get("type")
+        if name not in RLIMIT_NAMES:
+            raise InvalidSpecError(f"unknown rlimit type {name!r}")
+        if name in seen:
+            raise InvalidSpecError(f"rlimit {name} is given twice")
+        seen.add(name)
+        if rlimit.get("soft", 0) > rlimit.get("hard", 0):
+            raise InvalidSpecError(f"rlimit {name}: soft limit exceeds hard limit")
+
+
+def _validate_mounts(mounts) -> None:
+    if not isinstance(mounts, list):
+        raise InvalidSpecError("mounts must be a list")
+    for mount in mounts:
+        destination = mount.get("destination") if isinstance(mount, dict) else None
+        if not isinstance(destination, str) or not destination.startswith("/"):
+            raise InvalidSpecError(f"mount destination {destination!r} must be an absolute path")
+
+
+def _validate_linux(spec: dict) -> None:
+    linux = spec.get("linux", {})
+    types = set()
+    for namespace in linux.get("namespaces", []):
+        kind = namespace.get("type")
+        if kind not in NAMESPACE_FLAGS:
+            raise InvalidSpecError(f"unknown namespace type {kind!r}: use one of "
+                                   + ", ".join(sorted(NAMESPACE_FLAGS)))
+        if kind in types:
+            raise InvalidSpecError(f"namespace {kind} is given twice")
+        types.add(kind)
+    if spec.get("hostname") and "uts" not in types:
+        raise InvalidSpecError("setting hostname needs a new uts namespace")
+    if linux.get("sysctl") and "ipc" not in types and "network" not in types:
+        pass  # per-key checks happen when the value is written
+    if linux.get("uidMappings") or linux.get("gidMappings") or "user" in types:
+        raise NotSupportedError("user namespaces are not supported by kakoi yet")
+    if "time" in types or linux.get("timeOffsets"):
+        raise NotSupportedError("time namespaces are not supported by kakoi yet")
+    if linux.get("intelRdt"):
+        raise NotSupportedError("linux.intelRdt is not supported by kakoi")
+    if spec.get("process", {}).get("selinuxLabel") or linux.get("mountLabel"):
+        raise NotSupportedError("SELinux labels are not supported: no SELinux policy is loaded")
+
+
+def namespaces(spec: dict) -> dict[str, str | None]:
+    """Return namespace type -> path to join (None for a new namespace)."""
+    return {ns["type"]: ns.get("path") or None
+            for ns in spec.get("linux", {}).get("namespaces", [])}
