@@ -1,0 +1,258 @@
+"""Tests of kakoi.kernel.cgroups against the host's real cgroup hierarchies.
+
+Each test creates kakoi/kakoi-test-<random> and removes it in a finally block, together
+with every process it forked. Namespace changes happen only in forked children, so the
+test process's own mounts and cgroups never change.
+"""
+
+import errno
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from kakoi.errors import CgroupError
+from kakoi.kernel import libc
+from kakoi.kernel.cgroups import Cgroup, Resources, detect, list_children, mount_container_view
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create cgroups"),
+]
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def layout():
+    try:
+        return detect()
+    except CgroupError as exc:
+        pytest.skip(f"needs a mounted cgroup filesystem: {exc}")
+
+
+@pytest.fixture
+def cgroup_path():
+    return f"kakoi/kakoi-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def children():
+    """Forked pids, killed and reaped after the test whatever happened."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _destroy(cgroup: Cgroup | None) -> None:
+    if cgroup is not None:
+        cgroup.destroy()
+
+
+def _fork(children: list[int], body) -> tuple[int, int]:
+    """Fork a child that runs body(write_fd) and exits; return its pid and a read fd."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 0
+        try:
+            os.close(read_fd)
+            body(write_fd)
+        except BaseException as exc:  # the child must never return into pytest
+            os.write(write_fd, json.dumps({"error": repr(exc)}).encode() + b"\n")
+            status = 1
+        finally:
+            os._exit(status)
+
+    children.append(pid)
+    os.close(write_fd)
+    return pid, read_fd
+
+
+def _read_report(read_fd: int) -> dict:
+    with os.fdopen(read_fd, "rb") as stream:
+        line = stream.readline()
+    assert line, "the child exited without a report"
+    report = json.loads(line)
+    assert "error" not in report, report["error"]
+    return report
+
+
+def _cgroup_lines(pid: int) -> dict[str, str]:
+    lines = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        lines[controllers] = path
+    return lines
+
+
+def _joined_hierarchies(layout) -> list[str]:
+    keys = []
+    for hierarchy in layout.hierarchies():
+        if hierarchy.version == 2:
+            keys.append("")
+        elif hierarchy.name is not None:
+            keys.append(f"name={hierarchy.name}")
+        else:
+            keys.append(",".join(sorted(hierarchy.controllers)))
+    return keys
+
+
+def _limit_file(layout, cgroup: Cgroup) -> Path:
+    name = "memory.max" if layout.mode == "v2" else "memory.limit_in_bytes"
+    return cgroup.directory("memory") / name
+
+
+def test_create_join_destroy(layout, cgroup_path, children):
+    cgroup = None
+    try:
+        resources = Resources(memory_limit=64 * MIB, cpu_shares=512, pids_limit=100)
+        cgroup = Cgroup.create(layout, cgroup_path, resources)
+
+        def join_and_sleep(write_fd):
+            cgroup.add_process(0)
+            os.write(write_fd, b'{"joined": true}\n')
+            time.sleep(60)
+
+        pid, read_fd = _fork(children, join_and_sleep)
+        assert _read_report(read_fd) == {"joined": True}
+
+        lines = _cgroup_lines(pid)
+        for key in _joined_hierarchies(layout):
+            assert lines[key] == f"/{cgroup_path}", key
+        assert cgroup.pids() == [pid]
+        assert _limit_file(layout, cgroup).read_text().strip() == str(64 * MIB)
+        assert list_children(layout).count(cgroup_path) == 1
+        assert Cgroup.open(layout, "/" + cgroup_path).directories == cgroup.directories
+
+        # destroy kills the sleeping child, which it must wait out before rmdir works.
+        cgroup.destroy()
+        for directory in cgroup.directories:
+            assert not directory.exists(), directory
+        _, status = os.waitpid(pid, 0)
+        children.remove(pid)
+        assert os.WIFSIGNALED(status)
+        assert os.WTERMSIG(status) == signal.SIGKILL
+    finally:
+        _destroy(cgroup)
+
+
+def test_add_process_zero_in_pid_namespace(layout, cgroup_path, children):
+    cgroup = None
+    try:
+        cgroup = Cgroup.create(layout, cgroup_path, Resources())
+
+        def join_as_pid_one(write_fd):
+            libc.unshare(libc.CLONE_NEWPID)
+            inner = os.fork()
+            if inner == 0:
+                try:
+                    cgroup.add_process(0)
+                    os.write(write_fd, json.dumps({"pid": os.getpid()}).encode() + b"\n")
+                    time.sleep(60)
+                finally:
+                    os._exit(0)
+            os.waitpid(inner, 0)
+
+        _, read_fd = _fork(children, join_as_pid_one)
+        assert _read_report(read_fd) == {"pid": 1}
+
+        [host_pid] = cgroup.pids()
+        assert _cgroup_lines(host_pid)["" if layout.mode == "v2" else "pids"] == f"/{cgroup_path}"
+    finally:
+        _destroy(cgroup)
+
+
+def test_oom_kill_counted(layout, cgroup_path, children):
+    cgroup = None
+    try:
+        # Swap equal to memory means no swap, so the allocation cannot escape to swap.
+        resources = Resources(memory_limit=20 * MIB, memory_swap=20 * MIB)
+        cgroup = Cgroup.create(layout, cgroup_path, resources)
+
+        def join_and_allocate(write_fd):
+            cgroup.add_process(0)
+            os.write(write_fd, b'{"joined": true}\n')
+            # A fresh interpreter is charged to the new cgroup from its first page.
+            program = "data = bytearray(100 << 20)\ndata[::4096] = b'x' * len(data[::4096])"
+            os.execv(sys.executable, [sys.executable, "-c", program])
+
+        pid, read_fd = _fork(children, join_and_allocate)
+        assert _read_report(read_fd) == {"joined": True}
+
+        _, status = os.waitpid(pid, 0)
+        children.remove(pid)
+        assert os.WIFSIGNALED(status), f"child exited with status {status:#x}"
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        assert cgroup.oom_kill_count() >= 1
+        assert cgroup.memory_max_usage() is None or cgroup.memory_max_usage() <= 20 * MIB
+    finally:
+        _destroy(cgroup)
+
+
+def _mount_view_and_inspect(layout, cgroup: Cgroup, rootfs: Path, write_fd: int) -> None:
+    cgroup.add_process(0)
+    libc.unshare(libc.CLONE_NEWNS | libc.CLONE_NEWCGROUP)
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE, None)
+    libc.mount("tmpfs", str(rootfs), "tmpfs", 0, "mode=755")
+    target = rootfs / "sys" / "fs" / "cgroup"
+    target.mkdir(parents=True)
+
+    mount_container_view(layout, str(target), read_only=True)
+
+    memory = target if layout.mode == "v2" else target / "memory"
+    try:
+        os.mkdir(memory / "escape")
+        mkdir_errno = 0
+    except OSError as exc:
+        mkdir_errno = exc.errno
+
+    report = {
+        "entries": sorted(os.listdir(target)),
+        "memory_entries": sorted(os.listdir(memory)),
+        "own_cgroup": _cgroup_lines(os.getpid()),
+        "mkdir_errno": mkdir_errno,
+    }
+    os.write(write_fd, json.dumps(report).encode() + b"\n")
+
+
+def test_mount_container_view(layout, cgroup_path, children, tmp_path):
+    cgroup = None
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    try:
+        cgroup = Cgroup.create(layout, cgroup_path, Resources(memory_limit=64 * MIB))
+
+        pid, read_fd = _fork(
+            children, lambda write_fd: _mount_view_and_inspect(layout, cgroup, rootfs, write_fd))
+        report = _read_report(read_fd)
+        os.waitpid(pid, 0)
+        children.remove(pid)
+
+        expected = [hierarchy.mount_point.name for hierarchy in layout.hierarchies()
+                    if hierarchy.version == 1]
+        if layout.mode == "hybrid":
+            expected.append("unified")
+        if layout.mode != "v2":
+            assert set(expected) <= set(report["entries"])
+        assert "cgroup.procs" in report["memory_entries"]
+        # The view starts at the container's own cgroup, so kakoi's parent is not in it.
+        assert "kakoi" not in report["memory_entries"]
+        assert set(report["own_cgroup"].values()) == {"/"}
+        assert report["mkdir_errno"] == errno.EROFS
+        assert str(rootfs) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        _destroy(cgroup)
