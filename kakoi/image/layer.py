@@ -1,0 +1,269 @@
+"""Layer tars: decompression and safe extraction into a directory in overlayfs format.
+
+Each layer is unpacked on its own, not on top of its parent. OCI whiteouts `.wh.NAME` become
+the overlayfs whiteout (a 0/0 character device NAME) and `.wh..wh..opq` becomes the xattr
+trusted.overlay.opaque=y on its directory, so the unpacked layers stack as overlay lowerdirs.
+
+Extraction parses the tar with tarfile but creates every file itself, because no entry may
+write outside the layer root. It rejects absolute names, `..` that climbs out, writes through
+a parent symlink that leads out, and hardlinks to targets outside the layer.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from kakoi.errors import ImageError, LayerEscapeError
+from kakoi.image.digest import HashingReader
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+_XATTR_PAX_PREFIX = "SCHILY.xattr."
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 20
+
+
+@dataclass
+class UnpackResult:
+    """The uncompressed digest of an unpacked layer and the sum of its regular file sizes."""
+
+    diff_id: str
+    size: int
+
+
+def compression_of(stream: BinaryIO) -> str:
+    """Return "gzip", "zstd" or "none" from the first bytes of a seekable stream."""
+    position = stream.tell()
+    head = stream.read(4)
+    stream.seek(position)
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(_ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+def open_uncompressed(stream: BinaryIO, what: str) -> BinaryIO:
+    """Wrap a seekable stream so that reads return the uncompressed tar."""
+    kind = compression_of(stream)
+    if kind == "gzip":
+        import gzip
+
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if kind == "zstd":
+        raise ImageError(
+            f"zstd-compressed layer {what} is not supported yet; recompress it with gzip"
+        )
+    return stream
+
+
+def unpack(stream: BinaryIO, root: Path, what: str) -> UnpackResult:
+    """Extract the layer in `stream` (gzip or plain tar) into the existing directory `root`.
+
+    Returns the sha256 of the uncompressed tar, to compare with the config's diff_id.
+    """
+    reader = HashingReader(open_uncompressed(stream, what))
+    extractor = _Extractor(root, what)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as archive:
+            for member in archive:
+                extractor.add(archive, member)
+    except (tarfile.TarError, EOFError) as error:
+        raise ImageError(f"invalid layer tar {what}: {error}; the archive may be damaged") from None
+    except OSError as error:
+        if isinstance(error, ImageError):
+            raise
+        raise ImageError(f"unpacking layer {what} failed: {error}") from None
+    reader.drain()
+    extractor.finish()
+    return UnpackResult(reader.digest, extractor.size)
+
+
+def _clean_name(name: str, what: str, link_of: str | None = None) -> tuple[str, ...]:
+    """Split a member name into components, resolving `.` and `..` without leaving the root.
+
+    With `link_of`, `name` is the hardlink target of that entry, and errors name both.
+    """
+    subject = f"entry {name!r}" if link_of is None else (
+        f"entry {link_of!r} with hardlink target {name!r}")
+    if name.startswith("/"):
+        raise LayerEscapeError(f"layer {what}: {subject} is an absolute path; "
+                               "the layer is unsafe and was rejected")
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise LayerEscapeError(f"layer {what}: {subject} climbs above the layer root; "
+                                       "the layer is unsafe and was rejected")
+            parts.pop()
+            continue
+        parts.append(part)
+    return tuple(parts)
+
+
+class _Extractor:
+    """Creates the entries of one layer under root; directory metadata is applied last."""
+
+    def __init__(self, root: Path, what: str):
+        self.root = root
+        self.real_root = os.path.realpath(root)
+        self.what = what
+        self.size = 0
+        self.is_root = os.geteuid() == 0
+        self._directories: list[tuple[str, tarfile.TarInfo]] = []
+
+    def add(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts = _clean_name(member.name, self.what)
+        if not parts:
+            self._directories.append((str(self.root), member))
+            return
+
+        parent = self._parent_dir(parts, member.name)
+        base = parts[-1]
+        if base == OPAQUE_WHITEOUT:
+            os.setxattr(parent, OPAQUE_XATTR, b"y", follow_symlinks=False)
+            return
+        if base.startswith(WHITEOUT_PREFIX):
+            if base[len(WHITEOUT_PREFIX):] in ("", ".", ".."):
+                raise self._escape(member.name, "is a whiteout without a valid file name")
+            self._whiteout(os.path.join(parent, base[len(WHITEOUT_PREFIX):]), member)
+            return
+        self._create(archive, member, os.path.join(parent, base))
+
+    def finish(self) -> None:
+        # Directories get their mode and mtime after their children exist, deepest first,
+        # so that creating a child does not change the parent's mtime afterwards.
+        for path, member in reversed(self._directories):
+            self._apply_metadata(path, member)
+
+    def _escape(self, name: str, why: str) -> LayerEscapeError:
+        return LayerEscapeError(f"layer {self.what}: entry {name!r} {why}; "
+                                "the layer is unsafe and was rejected")
+
+    def _parent_dir(self, parts: tuple[str, ...], name: str, create: bool = True) -> str:
+        """Return the parent directory of an entry, checked to be inside the layer root.
+
+        Missing parents are created when `create` is set; otherwise the path is returned as is.
+        """
+        current = str(self.root)
+        for part in parts[:-1]:
+            current = os.path.join(current, part)
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                if not create:
+                    return current
+                os.mkdir(current, 0o755)
+                continue
+            if stat.S_ISLNK(mode):
+                self._check_inside(current, name)
+            elif not stat.S_ISDIR(mode):
+                raise ImageError(f"layer {self.what}: entry {name!r} has a parent that is not "
+                                 "a directory; the layer is malformed")
+        return current
+
+    def _check_inside(self, path: str, name: str) -> None:
+        real = os.path.realpath(path)
+        if real != self.real_root and not real.startswith(self.real_root + os.sep):
+            raise self._escape(name, "is written through a symlink that leads outside the layer")
+        if not os.path.isdir(real):
+            raise ImageError(f"layer {self.what}: entry {name!r} has a parent symlink that is "
+                             "not a directory; the layer is malformed")
+
+    def _remove_existing(self, path: str, keep_directory: bool) -> None:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(mode):
+            if keep_directory:
+                return
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+    def _whiteout(self, path: str, member: tarfile.TarInfo) -> None:
+        self._remove_existing(path, keep_directory=False)
+        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        self._apply_metadata(path, member, mode=0o000)
+
+    def _create(self, archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+        self._remove_existing(path, keep_directory=member.isdir())
+        if member.isdir():
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o700)
+            self._directories.append((path, member))
+            return
+        if member.islnk():
+            self._hardlink(member, path)
+            return
+        if member.issym():
+            os.symlink(member.linkname, path)
+        elif member.isreg():
+            self._write_file(archive, member, path)
+        elif member.isfifo():
+            os.mkfifo(path, 0o600)
+        elif member.ischr() or member.isblk():
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            os.mknod(path, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+        else:
+            raise ImageError(f"layer {self.what}: entry {member.name!r} has unsupported tar "
+                             f"type {member.type!r}")
+        self._apply_metadata(path, member)
+
+    def _hardlink(self, member: tarfile.TarInfo, path: str) -> None:
+        parts = _clean_name(member.linkname, self.what, link_of=member.name)
+        if not parts:
+            raise self._escape(member.name, "is a hardlink to the layer root")
+        parent = self._parent_dir(parts, member.name, create=False)
+        target = os.path.join(parent, parts[-1])
+        if not os.path.lexists(target):
+            raise self._escape(member.name, f"is a hardlink to {member.linkname!r}, which is not "
+                               "in this layer")
+        if stat.S_ISDIR(os.lstat(target).st_mode):
+            raise self._escape(member.name, f"is a hardlink to directory {member.linkname!r}")
+        os.link(target, path, follow_symlinks=False)
+
+    def _write_file(self, archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        source = archive.extractfile(member)
+        with os.fdopen(os.open(path, flags, 0o600), "wb") as target:
+            while chunk := source.read(_CHUNK):
+                target.write(chunk)
+        self.size += member.size
+
+    def _apply_metadata(self, path: str, member: tarfile.TarInfo, mode: int | None = None) -> None:
+        # chown before chmod, because chown clears the setuid and setgid bits.
+        if self.is_root:
+            os.lchown(path, member.uid, member.gid)
+        if not member.issym():
+            os.chmod(path, member.mode if mode is None else mode)
+        self._apply_xattrs(path, member)
+        mtime_ns = int(member.mtime * 1_000_000_000)
+        os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+    def _apply_xattrs(self, path: str, member: tarfile.TarInfo) -> None:
+        for key, value in member.pax_headers.items():
+            if not key.startswith(_XATTR_PAX_PREFIX):
+                continue
+            name = key[len(_XATTR_PAX_PREFIX):]
+            data = value.encode("utf-8", "surrogateescape")
+            try:
+                os.setxattr(path, name, data, follow_symlinks=False)
+            except OSError as error:
+                if error.errno in (errno.ENOTSUP, errno.EPERM) and member.issym():
+                    continue
+                raise ImageError(f"layer {self.what}: setting xattr {name} on {member.name!r} "
+                                 f"failed: {error.strerror}") from None

@@ -1,0 +1,629 @@
+"""The local image store: verified blobs, unpacked layers, and the index of named images.
+
+Layout under the store root (default /var/lib/kakoi):
+
+    blobs/sha256/<hex>        manifests, configs and layer blobs, each verified by its digest
+    layers/<chain id hex>/    diff/ (the layer in overlayfs format) and meta.json
+    images.json               image records and the names that point at them
+    images.lock               flock guarding every change to the three entries above
+    tmp/                      where every file and layer is built before its rename into place
+
+Names are written last, after every blob and layer of an image has been verified, so a failed
+load leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from kakoi.errors import (
+    DigestMismatchError,
+    ImageError,
+    ImageInUse,
+    ImageNotFound,
+    InvalidArgument,
+)
+from kakoi.image import archive as archives
+from kakoi.image import digest as digests
+from kakoi.image import reference
+from kakoi.image.layer import compression_of, open_uncompressed, unpack
+
+DEFAULT_ROOT = Path("/var/lib/kakoi")
+FORMATS = ("docker-archive", "oci-archive")
+_MIN_ID_PREFIX = 4
+_CHUNK = 1 << 20
+
+
+@dataclass
+class LayerRecord:
+    digest: str
+    media_type: str
+    size: int
+    diff_id: str
+
+
+@dataclass
+class ImageRecord:
+    """One image in the store; `id` is the config digest, as in Docker."""
+
+    id: str
+    names: list[str]
+    manifest_digest: str
+    manifest_media_type: str
+    config_media_type: str
+    layers: list[LayerRecord]
+    size: int
+    created: str | None = None
+    loaded: float = 0.0
+
+    @property
+    def config_digest(self) -> str:
+        return self.id
+
+    @property
+    def chain_ids(self) -> list[str]:
+        return digests.chain_ids([layer.diff_id for layer in self.layers])
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ImageRecord:
+        layers = [LayerRecord(**layer) for layer in data.pop("layers")]
+        return cls(layers=layers, **data)
+
+
+@dataclass
+class LoadedImage:
+    id: str
+    names: list[str]
+
+
+@dataclass
+class _NewContent:
+    """Blobs and layer dirs created by one load, removed again when the load fails."""
+
+    blobs: list[Path] = field(default_factory=list)
+    layers: list[Path] = field(default_factory=list)
+
+    def rollback(self, store: Store) -> None:
+        for path in self.layers:
+            store._discard_layer_dir(path)
+        for path in self.blobs:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """Images under one root directory; every method may be called from concurrent processes."""
+
+    def __init__(self, root: Path | str = DEFAULT_ROOT):
+        self.root = Path(root)
+        self.blobs_dir = self.root / "blobs" / "sha256"
+        self.layers_dir = self.root / "layers"
+        self.tmp_dir = self.root / "tmp"
+        self.index_path = self.root / "images.json"
+        self.lock_path = self.root / "images.lock"
+
+    # Layout, locking and the index
+
+    def ensure_layout(self) -> None:
+        for path in (self.blobs_dir, self.layers_dir, self.tmp_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self, exclusive: bool = True) -> Iterator[None]:
+        import fcntl
+
+        self.ensure_layout()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read_index(self) -> dict[str, ImageRecord]:
+        try:
+            with open(self.index_path, encoding="utf-8") as stream:
+                data = json.load(stream)
+        except FileNotFoundError:
+            return {}
+        except ValueError as error:
+            raise ImageError(f"image index {self.index_path} is not valid JSON ({error}); "
+                             "restore it from a backup or remove it and load the images again")
+        return {image_id: ImageRecord.from_json(record)
+                for image_id, record in data.get("images", {}).items()}
+
+    def _write_index(self, images: dict[str, ImageRecord]) -> None:
+        names = {name: {"id": record.id, "manifest_digest": record.manifest_digest}
+                 for record in images.values() for name in record.names}
+        data = {"version": 1, "names": names,
+                "images": {image_id: record.to_json() for image_id, record in images.items()}}
+        self._write_atomic(self.index_path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        fd, temp = tempfile.mkstemp(dir=self.tmp_dir, prefix="write-")
+        try:
+            with os.fdopen(fd, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.rename(temp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        _fsync_dir(path.parent)
+
+    # Blobs
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs_dir / digests.validate(digest)
+
+    def write_blob(self, stream: BinaryIO, expected: str | None = None,
+                   label: str = "blob") -> tuple[str, int, bool]:
+        """Copy `stream` into the store, verifying `expected` when given.
+
+        Returns the digest, the size and whether the blob is new. On a mismatch nothing is kept
+        and DigestMismatchError is raised.
+        """
+        self.ensure_layout()
+        reader = digests.HashingReader(stream)
+        fd, temp = tempfile.mkstemp(dir=self.tmp_dir, prefix="blob-")
+        try:
+            with os.fdopen(fd, "wb") as target:
+                while chunk := reader.read(_CHUNK):
+                    target.write(chunk)
+                target.flush()
+                os.fsync(target.fileno())
+            if expected is not None and reader.digest != expected:
+                raise DigestMismatchError(
+                    f"{label}: content hashes to {reader.digest}, not {expected}; "
+                    "the archive is damaged, fetch or save it again")
+            final = self.blob_path(reader.digest)
+            if final.exists():
+                os.unlink(temp)
+                return reader.digest, reader.size, False
+            os.rename(temp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        _fsync_dir(self.blobs_dir)
+        return reader.digest, reader.size, True
+
+    def read_blob(self, digest: str) -> bytes:
+        try:
+            return self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"blob {digest} is missing from {self.blobs_dir}; "
+                             "remove the image and load it again") from None
+
+    # Layers
+
+    def layer_dir(self, chain_id: str) -> Path:
+        return self.layers_dir / digests.validate(chain_id)
+
+    def _unpack_layer(self, blob: Path, diff_id: str, chain_id: str, label: str,
+                      new: _NewContent) -> None:
+        final = self.layer_dir(chain_id)
+        if final.exists():
+            self._check_diff_id(blob, diff_id, label)
+            return
+        work = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="layer-"))
+        try:
+            os.chmod(work, 0o755)
+            (work / "diff").mkdir()
+            with open(blob, "rb") as stream:
+                result = unpack(stream, work / "diff", label)
+            if result.diff_id != diff_id:
+                raise DigestMismatchError(
+                    f"{label}: uncompressed content hashes to {result.diff_id}, but the config's "
+                    f"diff_id is {diff_id}; the archive is damaged or inconsistent")
+            meta = {"diff_id": diff_id, "chain_id": chain_id, "size": result.size}
+            (work / "meta.json").write_text(json.dumps(meta))
+            os.rename(work, final)
+        except BaseException:
+            self._discard_layer_dir(work)
+            raise
+        new.layers.append(final)
+
+    def _check_diff_id(self, blob: Path, diff_id: str, label: str) -> None:
+        with open(blob, "rb") as stream:
+            actual, _ = digests.of_file(open_uncompressed(stream, label))
+        if actual != diff_id:
+            raise DigestMismatchError(f"{label}: uncompressed content hashes to {actual}, but "
+                                      f"the config's diff_id is {diff_id}; the archive is damaged")
+
+    def _discard_layer_dir(self, path: Path) -> None:
+        # Renaming first means a crash during the removal never leaves a half layer in layers/.
+        if not path.exists():
+            return
+        trash = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="delete-"))
+        os.rename(path, trash / "layer")
+        shutil.rmtree(trash)
+
+    def _layer_size(self, chain_id: str) -> int:
+        try:
+            meta = json.loads((self.layer_dir(chain_id) / "meta.json").read_text())
+        except (OSError, ValueError):
+            return 0
+        return int(meta.get("size", 0))
+
+    # Lookup
+
+    def list(self) -> list[ImageRecord]:
+        """Return every image, newest first."""
+        return sorted(self._read_index().values(), key=lambda r: r.created or "", reverse=True)
+
+    def resolve(self, text: str) -> ImageRecord:
+        """Find an image by name, name@digest, full id, or id prefix of at least 4 hex digits."""
+        return self._resolve_in(self._read_index(), text)
+
+    def _resolve_in(self, images: dict[str, ImageRecord], text: str) -> ImageRecord:
+        if text.startswith("sha256:"):
+            return self._by_id_prefix(images, text[len("sha256:"):], text)
+        try:
+            parsed = reference.parse(text)
+        except InvalidArgument:
+            if _is_hex(text):
+                return self._by_id_prefix(images, text, text)
+            raise
+        for record in images.values():
+            if parsed.digest is not None and record.manifest_digest == parsed.digest:
+                return record
+            if parsed.digest is None and str(parsed) in record.names:
+                return record
+        if _is_hex(text) and len(text) >= _MIN_ID_PREFIX:
+            return self._by_id_prefix(images, text, text)
+        raise _not_found(text)
+
+    def _by_id_prefix(self, images: dict[str, ImageRecord], prefix: str,
+                      text: str) -> ImageRecord:
+        if len(prefix) < _MIN_ID_PREFIX or not _is_hex(prefix):
+            raise _not_found(text)
+        matches = [r for r in images.values() if r.id[len("sha256:"):].startswith(prefix)]
+        if len(matches) > 1:
+            raise ImageError(f"image id prefix {text!r} is ambiguous: it matches "
+                             f"{len(matches)} images; give more digits")
+        if not matches:
+            raise _not_found(text)
+        return matches[0]
+
+    def _record(self, image: ImageRecord | str) -> ImageRecord:
+        return self.resolve(image) if isinstance(image, str) else image
+
+    def config(self, image: ImageRecord | str) -> dict:
+        """Return the image's parsed config JSON."""
+        return json.loads(self.read_blob(self._record(image).id))
+
+    def layer_dirs(self, image: ImageRecord | str) -> list[Path]:
+        """Return the unpacked diff directories of the image, bottom layer first."""
+        record = self._record(image)
+        return [self.layer_dir(chain_id) / "diff" for chain_id in record.chain_ids]
+
+    def inspect(self, image: ImageRecord | str) -> dict:
+        from kakoi.image.inspect import inspect_record
+
+        record = self._record(image)
+        return inspect_record(record, self.config(record), self.layer_dirs(record))
+
+    # Names
+
+    def tag(self, source: str, target: str) -> None:
+        """Point the name `target` at the image that `source` resolves to."""
+        name = str(reference.parse(target))
+        if reference.parse(target).digest is not None:
+            raise InvalidArgument(f"invalid tag target {target!r}: a tag cannot contain a "
+                                  "digest; use NAME[:TAG]")
+        with self._locked():
+            images = self._read_index()
+            record = self._resolve_in(images, source)
+            _move_names(images, record.id, [name])
+            self._write_index(images)
+
+    def remove(self, text: str, force: bool = False,
+               in_use: dict[str, list[str]] | None = None) -> list[str]:
+        """Untag or delete an image as `docker rmi` does; return the Untagged/Deleted lines."""
+        in_use = in_use or {}
+        with self._locked():
+            images = self._read_index()
+            record = self._resolve_in(images, text)
+            containers = in_use.get(record.id, [])
+            by_name = _names_matching(record, text)
+
+            if by_name and len(record.names) > 1:
+                return self._untag(images, record, by_name)
+            if len(record.names) > 1 and not force:
+                raise ImageError(
+                    f"unable to delete image {_short(record.id)}: it is referenced by "
+                    f"{len(record.names)} names ({', '.join(_familiar(record.names))}); "
+                    "remove them by name or use --force")
+            if containers and not force:
+                raise ImageInUse(
+                    f"unable to remove image {text}: it is used by container(s) "
+                    f"{', '.join(containers)}; remove them first or use --force")
+            if containers:
+                # Forced removal of a used image only untags it, as Docker does, because
+                # the containers' root filesystems still stack its layers.
+                return self._untag(images, record, list(record.names))
+            return self._delete(images, record)
+
+    def _untag(self, images: dict[str, ImageRecord], record: ImageRecord,
+               names: list[str]) -> list[str]:
+        record.names = [name for name in record.names if name not in names]
+        self._write_index(images)
+        return [f"Untagged: {name}" for name in _familiar(names)]
+
+    def _delete(self, images: dict[str, ImageRecord], record: ImageRecord) -> list[str]:
+        lines = [f"Untagged: {name}" for name in _familiar(record.names)]
+        del images[record.id]
+        self._write_index(images)
+        self._collect(images, record)
+        return lines + [f"Deleted: {record.id}"]
+
+    def _collect(self, images: dict[str, ImageRecord], removed: ImageRecord) -> None:
+        """Remove the blobs and layer dirs of `removed` that no remaining image uses."""
+        blobs_used: set[str] = set()
+        chains_used: set[str] = set()
+        for record in images.values():
+            blobs_used.update([record.id, record.manifest_digest])
+            blobs_used.update(layer.digest for layer in record.layers)
+            chains_used.update(record.chain_ids)
+        for chain_id in removed.chain_ids:
+            if chain_id not in chains_used:
+                self._discard_layer_dir(self.layer_dir(chain_id))
+        candidates = [removed.id, removed.manifest_digest] + [l.digest for l in removed.layers]
+        for blob in candidates:
+            if blob not in blobs_used:
+                with contextlib.suppress(FileNotFoundError):
+                    self.blob_path(blob).unlink()
+
+    # Load
+
+    def load(self, source: str | Path | BinaryIO, label: str | None = None) -> list[LoadedImage]:
+        """Import every image in a docker-archive, OCI archive or OCI layout directory.
+
+        A binary stream is first spooled to the store's tmp dir. Everything is verified before
+        a name is written; on any error the store keeps its previous content.
+        """
+        self.ensure_layout()
+        with self._spooled(source) as path:
+            label = label or (str(source) if isinstance(source, (str, Path)) else "stdin")
+            with self._locked():
+                return self._load_locked(path, label)
+
+    @contextlib.contextmanager
+    def _spooled(self, source: str | Path | BinaryIO) -> Iterator[Path]:
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            if not path.exists():
+                raise ImageError(f"archive {path} not found; give an existing file or directory")
+            yield path
+            return
+        fd, temp = tempfile.mkstemp(dir=self.tmp_dir, prefix="load-")
+        try:
+            with os.fdopen(fd, "wb") as spool:
+                shutil.copyfileobj(source, spool, _CHUNK)
+            yield Path(temp)
+        finally:
+            os.unlink(temp)
+
+    def _load_locked(self, path: Path, label: str) -> list[LoadedImage]:
+        source = archives.open_archive(path, label)
+        new = _NewContent()
+        try:
+            found = archives.read_images(source)
+            records = [self._ingest(image, new) for image in found]
+            images = self._read_index()
+            duplicates = []
+            for record, names in records:
+                existing = images.setdefault(record.id, record)
+                if existing is not record:
+                    duplicates.append(record)
+                _move_names(images, existing.id, names)
+            self._write_index(images)
+        except BaseException:
+            new.rollback(self)
+            raise
+        finally:
+            source.close()
+
+        # An image that was already stored keeps its record, so the blobs that only this
+        # copy brought (another manifest, differently compressed layers) are dropped again.
+        for record in duplicates:
+            self._collect(images, record)
+        return [LoadedImage(record.id, names) for record, names in records]
+
+    def _store_blob(self, blob: archives.SourceBlob, new: _NewContent) -> tuple[str, int]:
+        with blob.open() as stream:
+            digest, size, created = self.write_blob(stream, blob.digest, blob.label)
+        if created:
+            new.blobs.append(self.blob_path(digest))
+        return digest, size
+
+    def _ingest(self, image: archives.SourceImage,
+                new: _NewContent) -> tuple[ImageRecord, list[str]]:
+        config_digest, config_size = self._store_blob(image.config, new)
+        config = _parse_config(self.read_blob(config_digest), image.config.label)
+        diff_ids = config["rootfs"]["diff_ids"]
+        if len(diff_ids) != len(image.layers):
+            raise ImageError(f"{image.config.label}: the config lists {len(diff_ids)} diff_ids "
+                             f"but the image has {len(image.layers)} layers; the archive is "
+                             "inconsistent")
+
+        layers = []
+        chain_ids = digests.chain_ids(diff_ids)
+        for blob, diff_id, chain_id in zip(image.layers, diff_ids, chain_ids):
+            layer_digest, size = self._store_blob(blob, new)
+            self._unpack_layer(self.blob_path(layer_digest), diff_id, chain_id, blob.label, new)
+            media_type = blob.media_type or self._layer_media_type(layer_digest)
+            layers.append(LayerRecord(layer_digest, media_type, size, diff_id))
+
+        manifest = image.manifest or _synthesize_manifest(config_digest, config_size, layers)
+        manifest_digest, _, created = self.write_blob(_bytes_stream(manifest),
+                                                      digests.of_bytes(manifest), "manifest")
+        if created:
+            new.blobs.append(self.blob_path(manifest_digest))
+        record = ImageRecord(
+            id=config_digest, names=[], manifest_digest=manifest_digest,
+            manifest_media_type=json.loads(manifest).get("mediaType", archives.MEDIA_OCI_MANIFEST),
+            config_media_type=image.config.media_type or archives.MEDIA_OCI_CONFIG,
+            layers=layers, size=sum(self._layer_size(c) for c in chain_ids),
+            created=config.get("created"), loaded=time.time())
+        return record, image.names
+
+    def _layer_media_type(self, digest: str) -> str:
+        with open(self.blob_path(digest), "rb") as stream:
+            kind = compression_of(stream)
+        return {"gzip": archives.MEDIA_OCI_LAYER_GZIP,
+                "zstd": archives.MEDIA_OCI_LAYER_ZSTD}.get(kind, archives.MEDIA_OCI_LAYER)
+
+    # Save
+
+    def save(self, refs: list[str], out: str | Path | BinaryIO,
+             format: str = "docker-archive") -> None:
+        """Write the images named by `refs` to a file or binary stream as one archive.
+
+        A file is written under a temporary name and renamed, so a failed save leaves no output.
+        """
+        if format not in FORMATS:
+            raise InvalidArgument(f"invalid archive format {format!r}: use one of "
+                                  f"{', '.join(FORMATS)}")
+        self.ensure_layout()
+        with self._locked(exclusive=False):
+            exports = self._exports(refs)
+            if isinstance(out, (str, Path)):
+                self._save_to_path(Path(out), exports, format)
+            else:
+                with tempfile.TemporaryFile(dir=self.tmp_dir, prefix="save-") as spool:
+                    self._write_archive(spool, exports, format)
+                    spool.seek(0)
+                    shutil.copyfileobj(spool, out, _CHUNK)
+                    out.flush()
+
+    def _exports(self, refs: list[str]) -> list[archives.ExportImage]:
+        images = self._read_index()
+        exports: dict[str, archives.ExportImage] = {}
+        for text in refs:
+            record = self._resolve_in(images, text)
+            export = exports.get(record.id)
+            if export is None:
+                export = archives.ExportImage(
+                    names=[], manifest=self.read_blob(record.manifest_digest),
+                    config=self.read_blob(record.id),
+                    layers=[archives.ExportLayer(layer.digest, layer.media_type, layer.diff_id,
+                                                 self.blob_path(layer.digest))
+                            for layer in record.layers])
+                exports[record.id] = export
+            for name in _names_matching(record, text):
+                if name not in export.names:
+                    export.names.append(name)
+        return list(exports.values())
+
+    def _save_to_path(self, out: Path, exports: list[archives.ExportImage], format: str) -> None:
+        fd, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.tmp-")
+        try:
+            with os.fdopen(fd, "wb") as stream:
+                self._write_archive(stream, exports, format)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(temp, 0o644)
+            os.rename(temp, out)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+
+    def _write_archive(self, stream: BinaryIO, exports: list[archives.ExportImage],
+                       format: str) -> None:
+        if format == "oci-archive":
+            archives.write_oci_archive(stream, exports)
+        else:
+            archives.write_docker_archive(stream, exports, self.tmp_dir)
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and len(text) <= 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def _not_found(text: str) -> ImageNotFound:
+    return ImageNotFound(f"no such image: {text}; list images with `kakoi images` or load one "
+                         "with `kakoi load`")
+
+
+def _short(image_id: str) -> str:
+    return image_id[len("sha256:"):][:12]
+
+
+def _familiar(names: list[str]) -> list[str]:
+    return [reference.parse(name).familiar() for name in names]
+
+
+def _names_matching(record: ImageRecord, text: str) -> list[str]:
+    """Return the names of `record` that `text` spells, or [] when text is an id or digest."""
+    try:
+        name = str(reference.parse(text))
+    except InvalidArgument:
+        return []
+    return [name] if name in record.names else []
+
+
+def _move_names(images: dict[str, ImageRecord], image_id: str, names: list[str]) -> None:
+    # A name belongs to one image: taking it from another image leaves that one with fewer
+    # names (dangling when none is left), as Docker does.
+    for record in images.values():
+        if record.id != image_id:
+            record.names = [name for name in record.names if name not in names]
+    target = images[image_id]
+    for name in names:
+        if name not in target.names:
+            target.names.append(name)
+
+
+def _parse_config(data: bytes, label: str) -> dict:
+    try:
+        config = json.loads(data)
+        diff_ids = config["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError):
+        raise ImageError(f"{label} is not an image config: rootfs.diff_ids is missing") from None
+    if not isinstance(diff_ids, list):
+        raise ImageError(f"{label}: rootfs.diff_ids is not a list")
+    for diff_id in diff_ids:
+        digests.validate(diff_id)
+    return config
+
+
+def _synthesize_manifest(config_digest: str, config_size: int, layers: list[LayerRecord]) -> bytes:
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": archives.MEDIA_OCI_MANIFEST,
+        "config": {"mediaType": archives.MEDIA_OCI_CONFIG, "digest": config_digest,
+                   "size": config_size},
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+                   for layer in layers],
+    }
+    return json.dumps(manifest, separators=(",", ":")).encode()
+
+
+def _bytes_stream(data: bytes) -> BinaryIO:
+    import io
+
+    return io.BytesIO(data)
