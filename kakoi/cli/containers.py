@@ -46,6 +46,7 @@ def register(subparsers) -> None:
     ps = subparsers.add_parser("ps", help="list containers")
     ps.add_argument("-a", "--all", action="store_true", help="show exited containers too")
     ps.add_argument("-q", "--quiet", action="store_true", help="print ids only")
+    ps.add_argument("--no-trunc", action="store_true", help="print full container ids")
     ps.set_defaults(func=_ps)
 
     rm = subparsers.add_parser("rm", help="remove containers")
@@ -83,7 +84,7 @@ def _ps(args) -> int:
     rows = containers.list_containers(args.root, include_exited=args.all)
     if args.quiet:
         for row in rows:
-            print(row["Id"][:12])
+            print(row["Id"] if args.no_trunc else row["Id"][:12])
         return 0
     print(f"{'CONTAINER ID':<14}{'IMAGE':<22}{'COMMAND':<24}{'CREATED':<22}{'STATUS':<18}NAMES")
     for row in rows:

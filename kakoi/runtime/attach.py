@@ -72,7 +72,7 @@ def _relay_terminal(console_fd: int, interactive: bool) -> None:
     try:
         if stdin_is_tty:
             import tty
-            tty.setraw(0)
+            tty.setraw(0, termios.TCSANOW)  # TCSAFLUSH would drop typed-ahead input
         selector.register(console_fd, selectors.EVENT_READ)
         if interactive:
             selector.register(0, selectors.EVENT_READ)
