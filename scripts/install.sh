@@ -22,7 +22,8 @@ fi
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+# A plain path entry (compat mode) instead of an import hook, which costs ~9 ms per start.
+.venv/bin/pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
 ln -sf "$PWD/.venv/bin/kakoi" /usr/local/bin/kakoi
 
 # The main job on a real image.

@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 125
     if args.debug:
-        import logging
-        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        from kakoi import log
+        log.enable_debug()
     try:
         return args.func(args)
     except KakoiError as error:

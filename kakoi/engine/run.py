@@ -8,18 +8,13 @@ is killed.
 """
 
 import json
-import logging
 import os
-import secrets
-import shutil
 import sys
 
 from kakoi.engine import config as oci_config
 from kakoi.engine import state
 from kakoi.engine.config import RunOptions
 from kakoi.errors import ImageError, ImageNotFound
-
-log = logging.getLogger(__name__)
 
 # Linux refuses mount options longer than a page, which caps the lowerdir list.
 _MAX_MOUNT_DATA = 4096
@@ -38,7 +33,7 @@ def run(root: str, options: RunOptions) -> int:
     image_config = store.config(image)
     layer_dirs = [str(path) for path in store.layer_dirs(image)]
 
-    container_id = secrets.token_hex(32)
+    container_id = os.urandom(32).hex()
     directory = os.path.join(state.containers_dir(root), container_id)
     with state.locked(root):
         name = state.unique_name(root, options.name)
@@ -124,9 +119,10 @@ def _run_bundle(directory: str, record: dict, spec: dict, layer_dirs: list[str],
         if stdin != 0:
             os.close(stdin)
     try:
+        container.start()
+        # Recorded after start, so that the write overlaps the program's run.
         record["State"].update(Status="running", Pid=container.pid, StartedAt=state.now())
         state.write_record(directory, record)
-        container.start()
         status = attach.wait(container.pid, container.console_fd, options.interactive)
         oom_killed = container.oom_killed()
     finally:
@@ -150,4 +146,6 @@ def _mark_exited(directory: str, record: dict, exit_code: int, oom_killed: bool 
 
 def remove_directory(directory: str) -> None:
     """Remove a container's directory, whose upper dir may hold files of any owner and mode."""
+    import shutil
+
     shutil.rmtree(directory, ignore_errors=True)

@@ -1,17 +1,19 @@
 """Resolve `--user` (or the image's User) against the image's /etc/passwd and /etc/group."""
 
 import os
-from dataclasses import dataclass, field
 
 from kakoi.errors import InvalidArgument
 
 
-@dataclass
 class User:
-    uid: int = 0
-    gid: int = 0
-    additional_gids: list[int] = field(default_factory=list)
-    home: str = "/root"
+    """The ids a container process runs with, and the home directory for $HOME."""
+
+    def __init__(self, uid: int = 0, gid: int = 0, additional_gids: list[int] | None = None,
+                 home: str = "/root"):
+        self.uid = uid
+        self.gid = gid
+        self.additional_gids = additional_gids or []
+        self.home = home
 
 
 def read_image_file(layer_dirs: list[str], path: str) -> str | None:

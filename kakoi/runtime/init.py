@@ -80,16 +80,28 @@ def _run(context: InitContext) -> None:
     if context.kill_with_parent:
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
 
-    # Join the cgroup before unsharing the cgroup namespace, so that the namespace's
-    # root is the container's own cgroup.
-    if context.cgroup is not None:
-        context.cgroup.add_process(0)
+    # The parent moves this process into its cgroup while it builds the filesystem,
+    # because the first cgroup migration after a quiet spell waits for an RCU grace
+    # period (7-15 ms here). Only the cgroup namespace has to wait for that move.
+    cgroup_namespace = namespaces.pop("cgroup", False)
     _enter_namespaces(namespaces)
     if "network" in namespaces and namespaces["network"] is None:
         _loopback_up()
+    joined = []
+
+    def enter_cgroup_namespace() -> None:
+        if joined:
+            return
+        message, _ = sync.receive(context.sock)
+        if message is None or message.get("type") != "joined":
+            os._exit(125)  # the parent went away before the cgroup was ready
+        if cgroup_namespace is not False:
+            _enter_namespaces({"cgroup": cgroup_namespace})
+        joined.append(True)
 
     if "mount" in namespaces:
-        _setup_filesystem(context, linux, process)
+        _setup_filesystem(context, linux, process, enter_cgroup_namespace)
+    enter_cgroup_namespace()
     if spec.get("hostname") is not None and "uts" in namespaces:
         libc.sethostname(spec["hostname"])
     if spec.get("domainname") is not None and "uts" in namespaces:
@@ -147,13 +159,16 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
 
 
-def _setup_filesystem(context: InitContext, linux: dict, process: dict) -> None:
+def _setup_filesystem(context: InitContext, linux: dict, process: dict,
+                      enter_cgroup_namespace) -> None:
     rootfs = context.rootfs
     rootfs_setup.prepare_root(rootfs, linux.get("rootfsPropagation"), context.rootfs_mounts)
 
     root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for mount in context.spec.get("mounts", []):
+            if mount.get("type") == "cgroup":
+                enter_cgroup_namespace()  # the view must show the container's own cgroup
             rootfs_setup.mount_entry(rootfs, root_fd, mount, context.cgroup_mounter)
         rootfs_setup.create_devices(root_fd, linux.get("devices", []))
         # runc creates a missing working directory, as Docker's WORKDIR expects.

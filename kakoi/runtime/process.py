@@ -5,19 +5,17 @@ built the container (namespaces, cgroup, mounts) and waits to exec; start() lets
 exec the user program and reports whether that worked.
 """
 
-import logging
 import os
 import signal
 import socket
 
+from kakoi import log
 from kakoi.errors import (CgroupError, CommandNotExecutable, CommandNotFound, ContainerError,
                           InvalidSpecError, KakoiError, NotSupportedError)
 from kakoi.kernel import libc
 from kakoi.runtime import spec as oci
 from kakoi.runtime import sync
 from kakoi.runtime.init import InitContext, child_main
-
-log = logging.getLogger(__name__)
 
 CGROUP_PARENT = "kakoi"
 
@@ -80,8 +78,11 @@ def create(container_id: str, spec: dict, bundle: str, *, rootfs_mounts: list[di
                               kill_with_parent=kill_with_parent)
         pid = _fork_init(namespaces.get("pid", False), context, parent_sock)
         child_sock.close()
+        if cgroup is not None:
+            cgroup.add_process(pid)
+        sync.send(parent_sock, {"type": "joined"})
         console_fd = _wait_ready(parent_sock, pid)
-        log.debug("container %s: init %d is ready", container_id, pid)
+        log.debug("container %s: init %d is ready", container_id, pid, name=__name__)
         return Container(container_id, pid, parent_sock, cgroup, console_fd)
     except BaseException:
         if pid is not None:
@@ -126,7 +127,7 @@ def resources_from_spec(resources: dict):
             cpu_period=cpu.get("period"), cpuset_cpus=cpu.get("cpus"),
             cpuset_mems=cpu.get("mems"), pids_limit=pids.get("limit"))
         result.validate()
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, CgroupError) as error:
         raise InvalidSpecError(f"invalid linux.resources: {error}")
     return result
 

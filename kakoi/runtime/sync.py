@@ -4,7 +4,10 @@ Both ends hold one half of an AF_UNIX SOCK_SEQPACKET pair; each message is one J
 object, and a file descriptor may ride along (SCM_RIGHTS).
 
     parent                                   init (PID 1 in the new pid namespace)
-      |  fork ------------------------------->  join cgroup, unshare, mounts, pivot_root
+      |  fork ------------------------------->  unshare, mounts up to the cgroup mount
+      |  move init into its cgroup
+      |  {"type": "joined"} ---------------->   unshare the cgroup namespace, rest of the
+      |                                         mounts, pivot_root
       |  <------------------ {"type": "console"} + pty master fd   (only with a terminal)
       |  <------------------ {"type": "ready"}   set-up done, waiting to exec
       |  {"type": "start"} ----------------->   rlimits, user, capabilities, exec
