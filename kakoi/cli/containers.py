@@ -1,6 +1,7 @@
 """`kakoi run`, `ps` and `rm`: the container commands."""
 
 import argparse
+import os
 
 
 def register(subparsers) -> None:
@@ -40,6 +41,9 @@ def register(subparsers) -> None:
     run.add_argument("--security-opt", action="append", default=[],
                      help="no-new-privileges, seccomp=unconfined or apparmor=unconfined")
     run.add_argument("--network", "--net", default="none", help="none (default) or host")
+    run.add_argument("--cgroup-parent", default=os.environ.get("KAKOI_CGROUP_PARENT", "kakoi"),
+                     help="cgroup below which the container's cgroup is made, relative to "
+                          "each hierarchy's root (default: $KAKOI_CGROUP_PARENT or kakoi)")
     run.add_argument("-d", "--detach", action="store_true", help=argparse.SUPPRESS)
     run.set_defaults(func=_run)
 
@@ -74,7 +78,8 @@ def _run(args) -> int:
         memory=args.memory, memory_swap=args.memory_swap, cpus=args.cpus,
         cpu_shares=args.cpu_shares, pids_limit=args.pids_limit, ulimits=args.ulimits,
         cap_add=args.cap_add, cap_drop=args.cap_drop, privileged=args.privileged,
-        security_opt=args.security_opt, network=args.network)
+        security_opt=args.security_opt, network=args.network,
+        cgroup_parent=args.cgroup_parent)
     return run(args.root, options)
 
 

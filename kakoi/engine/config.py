@@ -45,7 +45,7 @@ class RunOptions:
         "tmpfs": list, "read_only": False, "interactive": False, "tty": False, "memory": None,
         "memory_swap": None, "cpus": None, "cpu_shares": None, "pids_limit": None,
         "ulimits": list, "cap_add": list, "cap_drop": list, "privileged": False,
-        "security_opt": list, "network": "none",
+        "security_opt": list, "network": "none", "cgroup_parent": "kakoi",
     }
 
     def __init__(self, image: str, **values):
@@ -89,11 +89,14 @@ def build(run: RunOptions, image_config: dict, container_id: str, layer_dirs: li
         "linux": {
             "namespaces": namespaces,
             "resources": resources,
-            "cgroupsPath": f"kakoi/{container_id}",
+            "cgroupsPath": f"{run.cgroup_parent.strip('/')}/{container_id}",
             "maskedPaths": [] if run.privileged else MASKED_PATHS,
             "readonlyPaths": [] if run.privileged else READONLY_PATHS,
         },
     }
+    if not run.cgroup_parent.strip("/") or ".." in run.cgroup_parent.split("/"):
+        raise InvalidArgument(f"invalid --cgroup-parent {run.cgroup_parent!r}: use a path "
+                              "such as kakoi or mygroup/sub")
     if run.tty:
         from kakoi.runtime.attach import terminal_size
         size = terminal_size()

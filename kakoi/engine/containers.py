@@ -25,17 +25,18 @@ def _refresh(root: str, record: dict) -> dict:
     """
     status = record["State"]
     if status["Status"] == "running" and not _alive(status.get("Pid", 0)):
-        _remove_cgroup(record["Id"])
+        _remove_cgroup(record)
         status.update(Status="exited", Pid=0, ExitCode=status.get("ExitCode") or 137)
         state.write_record(os.path.join(state.containers_dir(root), record["Id"]), record)
     return record
 
 
-def _remove_cgroup(container_id: str) -> None:
+def _remove_cgroup(record: dict) -> None:
     from kakoi.kernel import cgroups
 
+    path = record.get("CgroupsPath") or f"kakoi/{record['Id']}"
     try:
-        cgroups.Cgroup.open(cgroups.detect(), f"kakoi/{container_id}").destroy()
+        cgroups.Cgroup.open(cgroups.detect(), path).destroy()
     except Exception:  # the cgroup may never have been made, or is gone already
         pass
 
@@ -68,5 +69,5 @@ def remove(root: str, name_or_id: str, force: bool = False) -> None:
                 os.kill(status["Pid"], signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            _remove_cgroup(record["Id"])
+            _remove_cgroup(record)
         remove_directory(os.path.join(state.containers_dir(root), record["Id"]))

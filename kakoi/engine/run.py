@@ -110,24 +110,30 @@ def _run_bundle(directory: str, record: dict, spec: dict, layer_dirs: list[str],
     from kakoi.runtime import attach, process
 
     record["Command"] = spec["process"]["args"]
+    record["CgroupsPath"] = spec["linux"]["cgroupsPath"]
     stdin = 0 if options.interactive else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    forwarder = attach.SignalForwarder()
     try:
-        container = process.create(record["Id"], spec, directory,
-                                   rootfs_mounts=[overlay_mount(directory, layer_dirs)],
-                                   stdio=(stdin, 1, 2), kill_with_parent=True)
+        try:
+            container = process.create(record["Id"], spec, directory,
+                                       rootfs_mounts=[overlay_mount(directory, layer_dirs)],
+                                       stdio=(stdin, 1, 2), kill_with_parent=True)
+        finally:
+            if stdin != 0:
+                os.close(stdin)
+        try:
+            forwarder.target(container.pid)
+            container.start()
+            # Recorded after start, so that the write overlaps the program's run.
+            record["State"].update(Status="running", Pid=container.pid, StartedAt=state.now())
+            state.write_record(directory, record)
+            status = attach.wait(container.pid, container.console_fd, options.interactive)
+            oom_killed = container.oom_killed()
+        finally:
+            container.kill()
+            container.destroy()
     finally:
-        if stdin != 0:
-            os.close(stdin)
-    try:
-        container.start()
-        # Recorded after start, so that the write overlaps the program's run.
-        record["State"].update(Status="running", Pid=container.pid, StartedAt=state.now())
-        state.write_record(directory, record)
-        status = attach.wait(container.pid, container.console_fd, options.interactive)
-        oom_killed = container.oom_killed()
-    finally:
-        container.kill()
-        container.destroy()
+        forwarder.restore()
 
     exit_code = attach.exit_code(status)
     if oom_killed and exit_code == 137:

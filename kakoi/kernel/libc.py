@@ -49,6 +49,7 @@ MNT_DETACH = 2
 
 # prctl options from <linux/prctl.h>.
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -71,8 +72,8 @@ _libc.syscall.restype = ctypes.c_long
 
 # System call numbers that glibc has no wrapper for, per architecture (asm/unistd_64.h).
 _SYSCALL_NUMBERS = {
-    "x86_64": {"pivot_root": 155, "capset": 126},
-    "aarch64": {"pivot_root": 41, "capset": 91},
+    "x86_64": {"pivot_root": 155, "capset": 126, "keyctl": 250},
+    "aarch64": {"pivot_root": 41, "capset": 91, "keyctl": 219},
 }
 _SYSCALLS = _SYSCALL_NUMBERS.get(os.uname().machine, _SYSCALL_NUMBERS["x86_64"])
 
@@ -146,3 +147,40 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[index].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[index].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     _check(_libc.syscall(_SYSCALLS["capset"], ctypes.byref(header), data), "capset")
+
+
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def join_session_keyring(name: str | None) -> None:
+    """Give the process a new session keyring, so it cannot read the host's keys."""
+    result = _libc.syscall(_SYSCALLS["keyctl"], _KEYCTL_JOIN_SESSION_KEYRING, _bytes(name))
+    _check(result, "keyctl join session keyring", name or "")
+
+
+# Execution domains and flags of personality(2), from <linux/personality.h>.
+PERSONALITY_DOMAINS = {"LINUX": 0x0000, "LINUX32": 0x0008}
+PERSONALITY_FLAGS = {
+    "UNAME26": 0x0020000, "ADDR_NO_RANDOMIZE": 0x0040000, "FDPIC_FUNCPTRS": 0x0080000,
+    "MMAP_PAGE_ZERO": 0x0100000, "ADDR_COMPAT_LAYOUT": 0x0200000, "READ_IMPLIES_EXEC": 0x0400000,
+    "ADDR_LIMIT_32BIT": 0x0800000, "SHORT_INODE": 0x1000000, "WHOLE_SECONDS": 0x2000000,
+    "STICKY_TIMEOUTS": 0x4000000, "ADDR_LIMIT_3GB": 0x8000000,
+}
+
+
+def personality_value(personality: dict) -> int:
+    """Return the persona number for the spec's linux.personality, or raise ValueError."""
+    domain = personality.get("domain", "LINUX")
+    if domain not in PERSONALITY_DOMAINS:
+        raise ValueError(f"unknown personality domain {domain!r}: use LINUX or LINUX32")
+    value = PERSONALITY_DOMAINS[domain]
+    for flag in personality.get("flags") or []:
+        if flag not in PERSONALITY_FLAGS:
+            raise ValueError(f"unknown personality flag {flag!r}")
+        value |= PERSONALITY_FLAGS[flag]
+    return value
+
+
+def set_personality(personality: dict) -> None:
+    _libc.personality.argtypes = [ctypes.c_ulong]
+    _check(_libc.personality(personality_value(personality)), "personality")

@@ -6,7 +6,6 @@ import os
 import selectors
 import signal
 import struct
-import sys
 import termios
 
 # Signals sent to the runtime that go on to the container's init, as `docker run`
@@ -22,38 +21,49 @@ def exit_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
-def forward_signals(pid: int) -> dict:
-    """Install handlers that pass signals on to pid; return the previous handlers."""
-    def relay(number, frame):
+class SignalForwarder:
+    """Pass the signals that the runtime receives on to the container's init.
+
+    Installed before the container exists, so that a SIGTERM during set-up cannot kill
+    the runtime before it has cleaned up; signals that arrive before the init's pid is
+    known are held and sent once it is.
+    """
+
+    def __init__(self):
+        self.pid: int | None = None
+        self.pending: list[int] = []
+        self.previous = {number: signal.signal(number, self._relay)
+                         for number in FORWARDED_SIGNALS}
+
+    def _relay(self, number, frame) -> None:
+        if self.pid is None:
+            self.pending.append(number)
+            return
         try:
-            os.kill(pid, number)
+            os.kill(self.pid, number)
         except ProcessLookupError:
             pass
 
-    previous = {}
-    for number in FORWARDED_SIGNALS:
-        previous[number] = signal.signal(number, relay)
-    return previous
+    def target(self, pid: int) -> None:
+        self.pid = pid
+        pending, self.pending = self.pending, []
+        for number in pending:
+            self._relay(number, None)
 
-
-def restore_signals(previous: dict) -> None:
-    for number, handler in previous.items():
-        signal.signal(number, handler)
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 def wait(pid: int, console_fd: int | None = None, interactive: bool = False) -> int:
     """Wait for pid to exit, relaying the terminal if there is one; return its wait status."""
-    previous = forward_signals(pid)
-    try:
-        if console_fd is not None:
-            _relay_terminal(console_fd, interactive)
-        while True:
-            try:
-                return os.waitpid(pid, 0)[1]
-            except ChildProcessError:
-                return 0
-    finally:
-        restore_signals(previous)
+    if console_fd is not None:
+        _relay_terminal(console_fd, interactive)
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
 
 
 def _relay_terminal(console_fd: int, interactive: bool) -> None:

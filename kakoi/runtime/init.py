@@ -33,7 +33,9 @@ class InitContext:
 
     def __init__(self, spec: dict, rootfs: str, sock: socket.socket, *,
                  rootfs_mounts: list[dict], stdio: tuple[int, int, int] | None,
-                 cgroup, cgroup_mounter, kill_with_parent: bool):
+                 cgroup, cgroup_mounter, kill_with_parent: bool, container_id: str = "",
+                 bundle: str = "", exec_fifo: str | None = None, no_pivot: bool = False,
+                 no_new_keyring: bool = False, preserve_fds: int = 0, seccomp=None):
         self.spec = spec
         self.rootfs = rootfs
         self.sock = sock
@@ -42,6 +44,14 @@ class InitContext:
         self.cgroup = cgroup
         self.cgroup_mounter = cgroup_mounter
         self.kill_with_parent = kill_with_parent
+        self.container_id = container_id
+        self.bundle = bundle
+        self.exec_fifo = exec_fifo
+        self.exec_fifo_fd: int | None = None
+        self.no_pivot = no_pivot
+        self.no_new_keyring = no_new_keyring
+        self.preserve_fds = preserve_fds
+        self.seccomp = seccomp
 
 
 def child_main(context: InitContext) -> None:
@@ -79,12 +89,20 @@ def _run(context: InitContext) -> None:
     _reset_signals()
     if context.kill_with_parent:
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Not dumpable until exec, so that no process in the container can open this
+    # one's /proc/<pid>/exe or fds (the runc CVE-2019-5736 kind); exec resets it.
+    libc.prctl(libc.PR_SET_DUMPABLE, 0)
+    if context.exec_fifo is not None:
+        # Opened before pivot_root hides the host path; reopened for writing later.
+        context.exec_fifo_fd = os.open(context.exec_fifo, os.O_PATH | os.O_CLOEXEC)
 
     # The parent moves this process into its cgroup while it builds the filesystem,
     # because the first cgroup migration after a quiet spell waits for an RCU grace
     # period (7-15 ms here). Only the cgroup namespace has to wait for that move.
     cgroup_namespace = namespaces.pop("cgroup", False)
     _enter_namespaces(namespaces)
+    if not context.no_new_keyring:
+        libc.join_session_keyring(context.container_id or None)
     if "network" in namespaces and namespaces["network"] is None:
         _loopback_up()
     joined = []
@@ -92,15 +110,15 @@ def _run(context: InitContext) -> None:
     def enter_cgroup_namespace() -> None:
         if joined:
             return
-        message, _ = sync.receive(context.sock)
-        if message is None or message.get("type") != "joined":
-            os._exit(125)  # the parent went away before the cgroup was ready
+        _expect(context.sock, "joined")
         if cgroup_namespace is not False:
             _enter_namespaces({"cgroup": cgroup_namespace})
         joined.append(True)
 
     if "mount" in namespaces:
         _setup_filesystem(context, linux, process, enter_cgroup_namespace)
+    else:
+        _run_creation_hooks(context)
     enter_cgroup_namespace()
     if spec.get("hostname") is not None and "uts" in namespaces:
         libc.sethostname(spec["hostname"])
@@ -113,14 +131,70 @@ def _run(context: InitContext) -> None:
         for target, source in enumerate(context.stdio):
             if source != target:
                 os.dup2(source, target)
+    # Find the program now, so that create fails when it is missing, as runc's does.
+    executable = _find_executable(process)
 
     sync.send(context.sock, {"type": "ready"})
-    message, _ = sync.receive(context.sock)
-    if message is None or message.get("type") != "start":
+    _wait_for_start(context)
+    _run_container_hooks(context, "startContainer", "running")
+
+    if linux.get("personality"):
+        libc.set_personality(linux["personality"])
+    # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the process may
+    # drop below; with it, the filter goes in last, so that it need not allow the
+    # calls of the steps in between (runc orders them the same way).
+    if context.seccomp is not None and not process.get("noNewPrivileges"):
+        context.seccomp.load()
+    _finalize_process(process)
+    if context.seccomp is not None and process.get("noNewPrivileges"):
+        context.seccomp.load()
+    _exec(process, executable, context)
+
+
+def _expect(sock: socket.socket, kind: str) -> None:
+    message, _ = sync.receive(sock)
+    if message is None or message.get("type") != kind:
         os._exit(125)  # the parent went away or changed its mind: never run the program
 
-    _finalize_process(process)
-    _exec(process, context.sock.fileno())
+
+def _wait_for_start(context: InitContext) -> None:
+    """Block until the runtime's start, by the sync socket or by the exec fifo.
+
+    With an exec fifo (create, then start from another process), opening the fifo for
+    writing blocks until start opens it for reading, as runc's exec.fifo does.
+    """
+    if context.exec_fifo_fd is None:
+        _expect(context.sock, "start")
+        return
+    context.sock.close()
+    fd = os.open(f"/proc/self/fd/{context.exec_fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(context.exec_fifo_fd)
+
+
+def _hook_state(context: InitContext, status: str) -> dict:
+    from kakoi.runtime import hooks
+
+    return hooks.state(context.spec, context.container_id, status, os.getpid(),
+                       context.bundle)
+
+
+def _run_creation_hooks(context: InitContext) -> None:
+    """Let the runtime run prestart and createRuntime hooks, then run createContainer."""
+    from kakoi.runtime import hooks
+
+    if hooks.has(context.spec, "prestart", "createRuntime"):
+        sync.send(context.sock, {"type": "create-runtime"})
+        _expect(context.sock, "continue")
+    _run_container_hooks(context, "createContainer", "created")
+
+
+def _run_container_hooks(context: InitContext, kind: str, status: str) -> None:
+    from kakoi.runtime import hooks
+
+    if hooks.has(context.spec, kind):
+        hooks.run(context.spec, kind, _hook_state(context, status))
 
 
 def _reset_signals() -> None:
@@ -176,7 +250,12 @@ def _setup_filesystem(context: InitContext, linux: dict, process: dict,
     finally:
         os.close(root_fd)
 
-    rootfs_setup.pivot(rootfs)
+    # createRuntime and createContainer hooks run after the mounts, before pivot_root.
+    _run_creation_hooks(context)
+    if context.no_pivot:
+        rootfs_setup.move_root(rootfs)
+    else:
+        rootfs_setup.pivot(rootfs)
     _write_sysctls(linux.get("sysctl", {}))
     rootfs_setup.mask_paths(linux.get("maskedPaths", []))
     rootfs_setup.make_readonly(linux.get("readonlyPaths", []))
@@ -258,25 +337,48 @@ def _finalize_process(process: dict) -> None:
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
 
 
-def _exec(process: dict, sync_fd: int) -> None:
+def _find_executable(process: dict) -> str:
+    """Return the path of args[0], searched in the process's PATH as execvp would."""
+    program = process["args"][0]
+    if "/" in program:
+        candidates = [program]
+    else:
+        env_path = next((entry[5:] for entry in process.get("env", [])
+                         if entry.startswith("PATH=")), os.defpath)
+        candidates = [os.path.join(directory or ".", program)
+                      for directory in env_path.split(":")]
+    cwd = process.get("cwd", "/")
+    for candidate in candidates:
+        path = candidate if candidate.startswith("/") else os.path.join(cwd, candidate)
+        if os.path.isfile(path):
+            if not os.access(path, os.X_OK):
+                raise CommandNotExecutable(f"{program!r}: permission denied")
+            return path
+        if "/" in program and os.path.exists(path):
+            raise CommandNotExecutable(f"{program!r}: is a directory")
+    if "/" in program:
+        raise CommandNotFound(f"{program!r}: no such file or directory")
+    raise CommandNotFound(f"{program!r}: executable file not found in $PATH")
+
+
+def _exec(process: dict, executable: str, context: InitContext) -> None:
     args = process["args"]
     env = dict(entry.split("=", 1) for entry in process.get("env", []))
     # No descriptor of the runtime may reach the container (the runc CVE-2024-21626
     # kind). The sync socket stays open until exec, which closes it (close-on-exec),
     # and that end of stream tells the parent the program started.
-    first_closed = 3 + int(process.get("preserveFds", 0) or 0)
+    first_closed = 3 + context.preserve_fds
+    sync_fd = context.sock.fileno()
     if sync_fd >= first_closed:
         os.closerange(first_closed, sync_fd)
         os.closerange(sync_fd + 1, 1 << 20)
     else:
         os.closerange(first_closed, 1 << 20)
     try:
-        os.execvpe(args[0], args, env)
-    except FileNotFoundError:
-        raise CommandNotFound(f"{args[0]!r}: executable file not found in $PATH")
+        os.execve(executable, args, env)
     except PermissionError:
         raise CommandNotExecutable(f"{args[0]!r}: permission denied")
     except OSError as error:
-        if error.errno in (errno.ENOEXEC, errno.EISDIR, errno.ENOTDIR):
+        if error.errno in (errno.ENOEXEC, errno.EISDIR, errno.ENOTDIR, errno.ENOENT):
             raise CommandNotExecutable(f"{args[0]!r}: {error.strerror}")
         raise

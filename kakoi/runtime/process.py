@@ -65,23 +65,33 @@ class Container:
 
 
 def create(container_id: str, spec: dict, bundle: str, *, rootfs_mounts: list[dict] = (),
-           stdio: tuple[int, int, int] | None = None, kill_with_parent: bool = False) -> Container:
-    """Fork the container's init and run its set-up up to the point of exec."""
+           stdio: tuple[int, int, int] | None = None, kill_with_parent: bool = False,
+           exec_fifo: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
+           preserve_fds: int = 0) -> Container:
+    """Fork the container's init and run its set-up up to the point of exec.
+
+    With exec_fifo, init waits for a reader of that fifo (`kakoi-runtime start`, from
+    another process) instead of the start message on the sync socket.
+    """
     rootfs = oci.root_path(spec, bundle)
     namespaces = oci.namespaces(spec)
+    seccomp = _compile_seccomp(spec)
     cgroup, cgroup_mounter = _create_cgroup(container_id, spec)
     parent_sock, child_sock = sync.pair()
     pid = None
     try:
         context = InitContext(spec, rootfs, child_sock, rootfs_mounts=list(rootfs_mounts),
                               stdio=stdio, cgroup=cgroup, cgroup_mounter=cgroup_mounter,
-                              kill_with_parent=kill_with_parent)
+                              kill_with_parent=kill_with_parent, container_id=container_id,
+                              bundle=bundle, exec_fifo=exec_fifo, no_pivot=no_pivot,
+                              no_new_keyring=no_new_keyring, preserve_fds=preserve_fds,
+                              seccomp=seccomp)
         pid = _fork_init(namespaces.get("pid", False), context, parent_sock)
         child_sock.close()
         if cgroup is not None:
             cgroup.add_process(pid)
         sync.send(parent_sock, {"type": "joined"})
-        console_fd = _wait_ready(parent_sock, pid)
+        console_fd = _wait_ready(parent_sock, pid, spec, container_id, bundle)
         log.debug("container %s: init %d is ready", container_id, pid, name=__name__)
         return Container(container_id, pid, parent_sock, cgroup, console_fd)
     except BaseException:
@@ -92,6 +102,19 @@ def create(container_id: str, spec: dict, bundle: str, *, rootfs_mounts: list[di
         if cgroup is not None:
             cgroup.destroy()
         raise
+    finally:
+        if seccomp is not None:
+            seccomp.release()
+
+
+def _compile_seccomp(spec: dict):
+    """Build the seccomp filter before fork, so that a bad profile fails before any change."""
+    config = spec.get("linux", {}).get("seccomp")
+    if not config:
+        return None
+    from kakoi.kernel import seccomp
+
+    return seccomp.compile(config)
 
 
 def _create_cgroup(container_id: str, spec: dict):
@@ -162,7 +185,8 @@ def _fork_init(pid_namespace, context: InitContext, parent_sock: socket.socket) 
             os.close(own_namespace)
 
 
-def _wait_ready(sock: socket.socket, pid: int) -> int | None:
+def _wait_ready(sock: socket.socket, pid: int, spec: dict, container_id: str,
+                bundle: str) -> int | None:
     console_fd = None
     while True:
         message, fd = sync.receive(sock)
@@ -173,9 +197,21 @@ def _wait_ready(sock: socket.socket, pid: int) -> int | None:
             console_fd = fd
         elif message.get("type") == "ready":
             return console_fd
+        elif message.get("type") == "create-runtime":
+            _run_runtime_hooks(spec, container_id, pid, bundle)
+            sync.send(sock, {"type": "continue"})
         elif message.get("type") == "error":
             _reap(pid)
             raise _error_from(message)
+
+
+def _run_runtime_hooks(spec: dict, container_id: str, pid: int, bundle: str) -> None:
+    """Run prestart (deprecated, kept for older callers) and createRuntime hooks."""
+    from kakoi.runtime import hooks
+
+    state = hooks.state(spec, container_id, "creating", pid, bundle)
+    hooks.run(spec, "prestart", state)
+    hooks.run(spec, "createRuntime", state)
 
 
 def _error_from(message: dict) -> KakoiError:

@@ -187,6 +187,18 @@ def pivot(rootfs: str) -> None:
     os.chdir("/")
 
 
+def move_root(rootfs: str) -> None:
+    """Enter rootfs by moving it over "/" and chroot, for roots where pivot_root fails.
+
+    Used with --no-pivot (a root on ramfs, say). Unlike pivot, the old root stays
+    underneath, reachable by a process that can escape the chroot.
+    """
+    os.chdir(rootfs)
+    libc.mount(rootfs, "/", None, libc.MS_MOVE)
+    os.chroot(".")
+    os.chdir("/")
+
+
 def mask_paths(masked: list[str]) -> None:
     """Hide each path: /dev/null over a file, an empty read-only tmpfs over a directory."""
     for path in masked:

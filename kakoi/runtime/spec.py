@@ -120,6 +120,12 @@ def _validate_linux(spec: dict) -> None:
         raise NotSupportedError("linux.intelRdt is not supported by kakoi")
     if spec.get("process", {}).get("selinuxLabel") or linux.get("mountLabel"):
         raise NotSupportedError("SELinux labels are not supported: no SELinux policy is loaded")
+    if linux.get("personality"):
+        from kakoi.kernel.libc import personality_value
+        try:
+            personality_value(linux["personality"])
+        except ValueError as error:
+            raise InvalidSpecError(f"invalid linux.personality: {error}")
 
 
 def namespaces(spec: dict) -> dict[str, str | None]:

@@ -19,9 +19,15 @@ def kakoi_command() -> str:
     return found
 
 
+# The tests' containers get their cgroups below a parent of their own, so that the checks
+# for leftovers see only what these tests made.
+CGROUP_PARENT = f"kakoi-test-{os.getpid()}"
+
+
 def kakoi_cgroups() -> set[str]:
-    """Return the container cgroups below kakoi's parent in every hierarchy."""
-    return set(glob.glob("/sys/fs/cgroup/*/kakoi/*/")) | set(glob.glob("/sys/fs/cgroup/kakoi/*/"))
+    """Return the container cgroups below the tests' parent in every hierarchy."""
+    return (set(glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PARENT}/*/"))
+            | set(glob.glob(f"/sys/fs/cgroup/{CGROUP_PARENT}/*/")))
 
 
 def mount_table() -> list[str]:
@@ -41,7 +47,7 @@ class Kakoi:
     def __init__(self, root: Path):
         self.root = root
         self.command = kakoi_command()
-        self.env = dict(os.environ, KAKOI_ROOT=str(root))
+        self.env = dict(os.environ, KAKOI_ROOT=str(root), KAKOI_CGROUP_PARENT=CGROUP_PARENT)
 
     def __call__(self, *args: str, input: str | None = None, timeout: float = 60,
                  check: bool = False) -> subprocess.CompletedProcess:
@@ -66,6 +72,9 @@ def kakoi(tmp_path_factory, busybox_archives) -> Kakoi:
     yield tool
     for container_id in tool("ps", "-a", "-q", "--no-trunc").stdout.split():
         tool("rm", "-f", container_id)
+    for parent in glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PARENT}") + \
+            glob.glob(f"/sys/fs/cgroup/{CGROUP_PARENT}"):
+        os.rmdir(parent)
 
 
 @pytest.fixture
@@ -80,8 +89,8 @@ def clean_host():
 
 def container_pid(container_id: str) -> int | None:
     """Return the pid of a container's init, from its memory (or v2) cgroup."""
-    for path in glob.glob(f"/sys/fs/cgroup/*/kakoi/{container_id}/cgroup.procs") + \
-            glob.glob(f"/sys/fs/cgroup/kakoi/{container_id}/cgroup.procs"):
+    for path in glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PARENT}/{container_id}/cgroup.procs") + \
+            glob.glob(f"/sys/fs/cgroup/{CGROUP_PARENT}/{container_id}/cgroup.procs"):
         with open(path) as file:
             pids = [int(line) for line in file if line.strip()]
         if pids:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import container_pid, kakoi_cgroups, mount_table
+from conftest import CGROUP_PARENT, container_pid, kakoi_cgroups, mount_table
 
 pytestmark = pytest.mark.root
 
@@ -321,7 +321,7 @@ def test_cgroup_names_the_container(kakoi, clean_host):
         with open(f"/proc/{pid}/cgroup") as file:
             host_view = file.read()
         container_id = _container_id(kakoi, "cgroup-check")
-        assert f"kakoi/{container_id}" in host_view
+        assert f"{CGROUP_PARENT}/{container_id}" in host_view
         inside = kakoi("run", "--rm", "busybox", "cat", "/proc/self/cgroup").stdout
         # Inside its cgroup namespace, the container's own cgroup is the root.
         assert all(line.endswith(":/") for line in inside.strip().splitlines())
