@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kakoi.image import reference
@@ -12,7 +11,7 @@ if TYPE_CHECKING:
     from kakoi.image.store import ImageRecord
 
 
-def inspect_record(record: ImageRecord, config: dict, layer_dirs: list[Path]) -> dict:
+def inspect_record(record: ImageRecord, config: dict, layer_dirs: list[str]) -> dict:
     """Build the JSON object that `docker image inspect` prints for one image."""
     repo_digests = []
     for name in record.names:

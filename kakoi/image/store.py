@@ -10,6 +10,10 @@ Layout under the store root (default /var/lib/kakoi):
 
 Names are written last, after every blob and layer of an image has been verified, so a failed
 load leaves the store as it was.
+
+`kakoi run` imports this module and calls only resolve, config and layer_dirs. Those use str
+paths and read the index once, with no hashing. pathlib, tempfile, shutil, hashlib and the
+archive and layer code are imported by the methods that load, save and remove images.
 """
 
 from __future__ import annotations
@@ -17,12 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import BinaryIO, Iterator
 
 from kakoi.errors import (
     DigestMismatchError,
@@ -31,38 +30,88 @@ from kakoi.errors import (
     ImageNotFound,
     InvalidArgument,
 )
-from kakoi.image import archive as archives
 from kakoi.image import digest as digests
 from kakoi.image import reference
-from kakoi.image.layer import compression_of, open_uncompressed, unpack
 
-DEFAULT_ROOT = Path("/var/lib/kakoi")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import BinaryIO, Iterator
+
+    from kakoi.image import archive as archives
+
+DEFAULT_ROOT = "/var/lib/kakoi"
 FORMATS = ("docker-archive", "oci-archive")
 _MIN_ID_PREFIX = 4
 _CHUNK = 1 << 20
 
 
-@dataclass
-class LayerRecord:
-    digest: str
-    media_type: str
-    size: int
-    diff_id: str
+class _Record:
+    """Mutable record with equality and a repr over `__slots__`, in place of a dataclass.
+
+    Importing dataclasses costs about 5 ms, which `kakoi run` would pay to read the index.
+    """
+
+    __slots__ = ()
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
 
 
-@dataclass
-class ImageRecord:
+class LayerRecord(_Record):
+    """One layer blob of an image.
+
+    `chain_id` is stored at load time so that `kakoi run` finds the layer directories
+    without hashing; it is None in records written before the field existed.
+    """
+
+    __slots__ = ("digest", "media_type", "size", "diff_id", "chain_id")
+
+    def __init__(self, digest: str, media_type: str, size: int, diff_id: str,
+                 chain_id: str | None = None):
+        self.digest = digest
+        self.media_type = media_type
+        self.size = size
+        self.diff_id = diff_id
+        self.chain_id = chain_id
+
+    def to_json(self) -> dict:
+        data = {"digest": self.digest, "media_type": self.media_type, "size": self.size,
+                "diff_id": self.diff_id}
+        if self.chain_id is not None:
+            data["chain_id"] = self.chain_id
+        return data
+
+
+class ImageRecord(_Record):
     """One image in the store; `id` is the config digest, as in Docker."""
 
-    id: str
-    names: list[str]
-    manifest_digest: str
-    manifest_media_type: str
-    config_media_type: str
-    layers: list[LayerRecord]
-    size: int
-    created: str | None = None
-    loaded: float = 0.0
+    __slots__ = ("id", "names", "manifest_digest", "manifest_media_type", "config_media_type",
+                 "layers", "size", "created", "loaded")
+
+    def __init__(self, id: str, names: list[str], manifest_digest: str,
+                 manifest_media_type: str, config_media_type: str, layers: list[LayerRecord],
+                 size: int, created: str | None = None, loaded: float = 0.0):
+        self.id = id
+        self.names = names
+        self.manifest_digest = manifest_digest
+        self.manifest_media_type = manifest_media_type
+        self.config_media_type = config_media_type
+        self.layers = layers
+        self.size = size
+        self.created = created
+        self.loaded = loaded
 
     @property
     def config_digest(self) -> str:
@@ -70,10 +119,19 @@ class ImageRecord:
 
     @property
     def chain_ids(self) -> list[str]:
+        """Return each layer's chain id, bottom layer first, hashing only for old records."""
+        stored = [layer.chain_id for layer in self.layers]
+        if None not in stored:
+            return stored
         return digests.chain_ids([layer.diff_id for layer in self.layers])
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"id": self.id, "names": list(self.names),
+                "manifest_digest": self.manifest_digest,
+                "manifest_media_type": self.manifest_media_type,
+                "config_media_type": self.config_media_type,
+                "layers": [layer.to_json() for layer in self.layers],
+                "size": self.size, "created": self.created, "loaded": self.loaded}
 
     @classmethod
     def from_json(cls, data: dict) -> ImageRecord:
@@ -81,18 +139,22 @@ class ImageRecord:
         return cls(layers=layers, **data)
 
 
-@dataclass
-class LoadedImage:
-    id: str
-    names: list[str]
+class LoadedImage(_Record):
+    """An image that one load stored, with the names that the archive gave it."""
+
+    __slots__ = ("id", "names")
+
+    def __init__(self, id: str, names: list[str]):
+        self.id = id
+        self.names = names
 
 
-@dataclass
 class _NewContent:
     """Blobs and layer dirs created by one load, removed again when the load fails."""
 
-    blobs: list[Path] = field(default_factory=list)
-    layers: list[Path] = field(default_factory=list)
+    def __init__(self):
+        self.blobs: list[Path] = []
+        self.layers: list[Path] = []
 
     def rollback(self, store: Store) -> None:
         for path in self.layers:
@@ -102,7 +164,7 @@ class _NewContent:
                 path.unlink()
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -114,25 +176,50 @@ class Store:
     """Images under one root directory; every method may be called from concurrent processes."""
 
     def __init__(self, root: Path | str = DEFAULT_ROOT):
-        self.root = Path(root)
-        self.blobs_dir = self.root / "blobs" / "sha256"
-        self.layers_dir = self.root / "layers"
-        self.tmp_dir = self.root / "tmp"
-        self.index_path = self.root / "images.json"
-        self.lock_path = self.root / "images.lock"
+        # str paths, so that the run path never imports pathlib. The Path-valued
+        # attributes below build on them for the load, save and remove code and for tests.
+        self._root = os.fspath(root)
+        self._blobs = os.path.join(self._root, "blobs", "sha256")
+        self._layers = os.path.join(self._root, "layers")
+        self._tmp = os.path.join(self._root, "tmp")
+        self._index = os.path.join(self._root, "images.json")
+
+    @property
+    def root(self) -> Path:
+        return _path(self._root)
+
+    @property
+    def blobs_dir(self) -> Path:
+        return _path(self._blobs)
+
+    @property
+    def layers_dir(self) -> Path:
+        return _path(self._layers)
+
+    @property
+    def tmp_dir(self) -> Path:
+        return _path(self._tmp)
+
+    @property
+    def index_path(self) -> Path:
+        return _path(self._index)
+
+    @property
+    def lock_path(self) -> Path:
+        return _path(os.path.join(self._root, "images.lock"))
 
     # Layout, locking and the index
 
     def ensure_layout(self) -> None:
-        for path in (self.blobs_dir, self.layers_dir, self.tmp_dir):
-            path.mkdir(parents=True, exist_ok=True)
+        for path in (self._blobs, self._layers, self._tmp):
+            os.makedirs(path, exist_ok=True)
 
     @contextlib.contextmanager
     def _locked(self, exclusive: bool = True) -> Iterator[None]:
         import fcntl
 
         self.ensure_layout()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(os.path.join(self._root, "images.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
@@ -141,12 +228,12 @@ class Store:
 
     def _read_index(self) -> dict[str, ImageRecord]:
         try:
-            with open(self.index_path, encoding="utf-8") as stream:
+            with open(self._index, encoding="utf-8") as stream:
                 data = json.load(stream)
         except FileNotFoundError:
             return {}
         except ValueError as error:
-            raise ImageError(f"image index {self.index_path} is not valid JSON ({error}); "
+            raise ImageError(f"image index {self._index} is not valid JSON ({error}); "
                              "restore it from a backup or remove it and load the images again")
         return {image_id: ImageRecord.from_json(record)
                 for image_id, record in data.get("images", {}).items()}
@@ -156,10 +243,12 @@ class Store:
                  for record in images.values() for name in record.names}
         data = {"version": 1, "names": names,
                 "images": {image_id: record.to_json() for image_id, record in images.items()}}
-        self._write_atomic(self.index_path, json.dumps(data, indent=1, sort_keys=True).encode())
+        self._write_atomic(self._index, json.dumps(data, indent=1, sort_keys=True).encode())
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        fd, temp = tempfile.mkstemp(dir=self.tmp_dir, prefix="write-")
+    def _write_atomic(self, path: str, data: bytes) -> None:
+        import tempfile
+
+        fd, temp = tempfile.mkstemp(dir=self._tmp, prefix="write-")
         try:
             with os.fdopen(fd, "wb") as stream:
                 stream.write(data)
@@ -170,12 +259,15 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
-        _fsync_dir(path.parent)
+        _fsync_dir(os.path.dirname(path))
 
     # Blobs
 
     def blob_path(self, digest: str) -> Path:
-        return self.blobs_dir / digests.validate(digest)
+        return _path(self._blob_file(digest))
+
+    def _blob_file(self, digest: str) -> str:
+        return os.path.join(self._blobs, digests.validate(digest))
 
     def write_blob(self, stream: BinaryIO, expected: str | None = None,
                    label: str = "blob") -> tuple[str, int, bool]:
@@ -184,6 +276,8 @@ class Store:
         Returns the digest, the size and whether the blob is new. On a mismatch nothing is kept
         and DigestMismatchError is raised.
         """
+        import tempfile
+
         self.ensure_layout()
         reader = digests.HashingReader(stream)
         fd, temp = tempfile.mkstemp(dir=self.tmp_dir, prefix="blob-")
@@ -211,18 +305,27 @@ class Store:
 
     def read_blob(self, digest: str) -> bytes:
         try:
-            return self.blob_path(digest).read_bytes()
+            with open(self._blob_file(digest), "rb") as stream:
+                return stream.read()
         except FileNotFoundError:
-            raise ImageError(f"blob {digest} is missing from {self.blobs_dir}; "
+            raise ImageError(f"blob {digest} is missing from {self._blobs}; "
                              "remove the image and load it again") from None
 
     # Layers
 
     def layer_dir(self, chain_id: str) -> Path:
-        return self.layers_dir / digests.validate(chain_id)
+        return _path(self._layer_dir(chain_id))
+
+    def _layer_dir(self, chain_id: str) -> str:
+        return os.path.join(self._layers, digests.validate(chain_id))
 
     def _unpack_layer(self, blob: Path, diff_id: str, chain_id: str, label: str,
                       new: _NewContent) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from kakoi.image.layer import unpack
+
         final = self.layer_dir(chain_id)
         if final.exists():
             self._check_diff_id(blob, diff_id, label)
@@ -246,6 +349,8 @@ class Store:
         new.layers.append(final)
 
     def _check_diff_id(self, blob: Path, diff_id: str, label: str) -> None:
+        from kakoi.image.layer import open_uncompressed
+
         with open(blob, "rb") as stream:
             actual, _ = digests.of_file(open_uncompressed(stream, label))
         if actual != diff_id:
@@ -254,6 +359,10 @@ class Store:
 
     def _discard_layer_dir(self, path: Path) -> None:
         # Renaming first means a crash during the removal never leaves a half layer in layers/.
+        import shutil
+        import tempfile
+        from pathlib import Path
+
         if not path.exists():
             return
         trash = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="delete-"))
@@ -314,10 +423,10 @@ class Store:
         """Return the image's parsed config JSON."""
         return json.loads(self.read_blob(self._record(image).id))
 
-    def layer_dirs(self, image: ImageRecord | str) -> list[Path]:
-        """Return the unpacked diff directories of the image, bottom layer first."""
+    def layer_dirs(self, image: ImageRecord | str) -> list[str]:
+        """Return the unpacked diff directories of the image as str paths, bottom layer first."""
         record = self._record(image)
-        return [self.layer_dir(chain_id) / "diff" for chain_id in record.chain_ids]
+        return [os.path.join(self._layer_dir(chain_id), "diff") for chain_id in record.chain_ids]
 
     def inspect(self, image: ImageRecord | str) -> dict:
         from kakoi.image.inspect import inspect_record
@@ -406,12 +515,17 @@ class Store:
         """
         self.ensure_layout()
         with self._spooled(source) as path:
-            label = label or (str(source) if isinstance(source, (str, Path)) else "stdin")
+            label = label or (os.fspath(source) if isinstance(source, (str, os.PathLike))
+                          else "stdin")
             with self._locked():
                 return self._load_locked(path, label)
 
     @contextlib.contextmanager
     def _spooled(self, source: str | Path | BinaryIO) -> Iterator[Path]:
+        import shutil
+        import tempfile
+        from pathlib import Path
+
         if isinstance(source, (str, Path)):
             path = Path(source)
             if not path.exists():
@@ -427,6 +541,8 @@ class Store:
             os.unlink(temp)
 
     def _load_locked(self, path: Path, label: str) -> list[LoadedImage]:
+        from kakoi.image import archive as archives
+
         source = archives.open_archive(path, label)
         new = _NewContent()
         try:
@@ -461,6 +577,8 @@ class Store:
 
     def _ingest(self, image: archives.SourceImage,
                 new: _NewContent) -> tuple[ImageRecord, list[str]]:
+        from kakoi.image import archive as archives
+
         config_digest, config_size = self._store_blob(image.config, new)
         config = _parse_config(self.read_blob(config_digest), image.config.label)
         diff_ids = config["rootfs"]["diff_ids"]
@@ -475,7 +593,7 @@ class Store:
             layer_digest, size = self._store_blob(blob, new)
             self._unpack_layer(self.blob_path(layer_digest), diff_id, chain_id, blob.label, new)
             media_type = blob.media_type or self._layer_media_type(layer_digest)
-            layers.append(LayerRecord(layer_digest, media_type, size, diff_id))
+            layers.append(LayerRecord(layer_digest, media_type, size, diff_id, chain_id))
 
         manifest = image.manifest or _synthesize_manifest(config_digest, config_size, layers)
         manifest_digest, _, created = self.write_blob(_bytes_stream(manifest),
@@ -491,6 +609,9 @@ class Store:
         return record, image.names
 
     def _layer_media_type(self, digest: str) -> str:
+        from kakoi.image import archive as archives
+        from kakoi.image.layer import compression_of
+
         with open(self.blob_path(digest), "rb") as stream:
             kind = compression_of(stream)
         return {"gzip": archives.MEDIA_OCI_LAYER_GZIP,
@@ -504,13 +625,17 @@ class Store:
 
         A file is written under a temporary name and renamed, so a failed save leaves no output.
         """
+        import shutil
+        import tempfile
+        from pathlib import Path
+
         if format not in FORMATS:
             raise InvalidArgument(f"invalid archive format {format!r}: use one of "
                                   f"{', '.join(FORMATS)}")
         self.ensure_layout()
         with self._locked(exclusive=False):
             exports = self._exports(refs)
-            if isinstance(out, (str, Path)):
+            if isinstance(out, (str, os.PathLike)):
                 self._save_to_path(Path(out), exports, format)
             else:
                 with tempfile.TemporaryFile(dir=self.tmp_dir, prefix="save-") as spool:
@@ -520,6 +645,8 @@ class Store:
                     out.flush()
 
     def _exports(self, refs: list[str]) -> list[archives.ExportImage]:
+        from kakoi.image import archive as archives
+
         images = self._read_index()
         exports: dict[str, archives.ExportImage] = {}
         for text in refs:
@@ -539,6 +666,8 @@ class Store:
         return list(exports.values())
 
     def _save_to_path(self, out: Path, exports: list[archives.ExportImage], format: str) -> None:
+        import tempfile
+
         fd, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.tmp-")
         try:
             with os.fdopen(fd, "wb") as stream:
@@ -554,6 +683,8 @@ class Store:
 
     def _write_archive(self, stream: BinaryIO, exports: list[archives.ExportImage],
                        format: str) -> None:
+        from kakoi.image import archive as archives
+
         if format == "oci-archive":
             archives.write_oci_archive(stream, exports)
         else:
@@ -612,6 +743,8 @@ def _parse_config(data: bytes, label: str) -> dict:
 
 
 def _synthesize_manifest(config_digest: str, config_size: int, layers: list[LayerRecord]) -> bytes:
+    from kakoi.image import archive as archives
+
     manifest = {
         "schemaVersion": 2,
         "mediaType": archives.MEDIA_OCI_MANIFEST,
@@ -627,3 +760,9 @@ def _bytes_stream(data: bytes) -> BinaryIO:
     import io
 
     return io.BytesIO(data)
+
+
+def _path(path: str) -> Path:
+    from pathlib import Path
+
+    return Path(path)

@@ -103,7 +103,7 @@ def test_podman_save_kakoi_load(podman, busybox_archives, tmp_path, format):
     record = store.resolve("busybox")
     assert record.id == "sha256:" + expected["Id"]
     assert [layer.diff_id for layer in record.layers] == expected["RootFS"]["Layers"]
-    assert (store.layer_dirs(record)[0] / "bin/busybox").is_file()
+    assert os.path.isfile(os.path.join(store.layer_dirs(record)[0], "bin", "busybox"))
 
 
 @pytest.mark.parametrize("format", ["docker-archive", "oci-archive"])

@@ -120,15 +120,15 @@ def test_detect_v1(tmp_path):
 
     assert layout.mode == "v1"
     assert layout.unified is None
-    assert layout.v1_mounts["cpu"] == tmp_path / "cg" / "cpu,cpuacct"
-    assert layout.v1_mounts["cpuacct"] == tmp_path / "cg" / "cpu,cpuacct"
-    assert layout.v1_mounts["memory"] == tmp_path / "cg" / "memory"
+    assert layout.v1_mounts["cpu"] == str(tmp_path / "cg" / "cpu,cpuacct")
+    assert layout.v1_mounts["cpuacct"] == str(tmp_path / "cg" / "cpu,cpuacct")
+    assert layout.v1_mounts["memory"] == str(tmp_path / "cg" / "memory")
     assert "net_cls" in layout.v1_mounts
 
 
 def test_detect_v1_uses_known_hierarchies(tmp_path):
     layout = detect(tmp_path / "cg", make_v1(tmp_path / "cg"))
-    used = [hierarchy.mount_point.name for hierarchy in layout.hierarchies()]
+    used = [os.path.basename(hierarchy.mount_point) for hierarchy in layout.hierarchies()]
 
     assert "net_cls" not in used
     assert "systemd" in used
@@ -139,7 +139,7 @@ def test_detect_hybrid(tmp_path):
     layout = detect(tmp_path / "cg", make_v1(tmp_path / "cg", unified=True))
 
     assert layout.mode == "hybrid"
-    assert layout.unified == tmp_path / "cg" / "unified"
+    assert layout.unified == str(tmp_path / "cg" / "unified")
     assert layout.hierarchies()[-1].version == 2
 
 
@@ -147,7 +147,7 @@ def test_detect_v2(tmp_path):
     layout = detect(tmp_path / "cg", make_v2(tmp_path / "cg"))
 
     assert layout.mode == "v2"
-    assert layout.unified == tmp_path / "cg"
+    assert layout.unified == str(tmp_path / "cg")
     assert "memory" in layout.v2_controllers
     assert layout.v1 == ()
 
@@ -166,7 +166,8 @@ def test_detect_escaped_mount_point(tmp_path):
 
 def test_hierarchy_mount_options(tmp_path):
     layout = detect(tmp_path / "cg", make_v1(tmp_path / "cg"))
-    options = {hierarchy.mount_point.name: hierarchy.mount_options for hierarchy in layout.v1}
+    options = {os.path.basename(hierarchy.mount_point): hierarchy.mount_options
+               for hierarchy in layout.v1}
 
     assert options["cpu,cpuacct"] == "cpu,cpuacct"
     assert options["systemd"] == "none,name=systemd"
@@ -261,7 +262,7 @@ def _record_writes(monkeypatch) -> list[str]:
     original = cgroup_module.v1.files.write
 
     def record(path, value):
-        writes.append(path.name)
+        writes.append(os.path.basename(path))
         original(path, value)
 
     monkeypatch.setattr(cgroup_module.v1.files, "write", record)
@@ -383,7 +384,7 @@ def test_create_removes_directories_after_failed_limit(tmp_path):
     original = cgroup_module.v1.files.write
 
     def reject_pids(path, value):
-        if path.name == "pids.max":
+        if os.path.basename(path) == "pids.max":
             raise CgroupError(f"write {value} to {path}: Invalid argument")
         original(path, value)
 
@@ -520,7 +521,7 @@ def test_create_v2_removes_leaf_after_failed_write(tmp_path):
     original = cgroup_module.v2.files.write
 
     def reject_cpu(path, value):
-        if path.name == "cpu.max":
+        if os.path.basename(path) == "cpu.max":
             raise CgroupError(f"write {value} to {path}: Invalid argument")
         original(path, value)
 
@@ -544,7 +545,7 @@ def test_add_process_zero_writes_zero(tmp_path):
     cgroup.add_process(0)
 
     for directory in cgroup.directories:
-        assert read(directory / "cgroup.procs") == "0", directory
+        assert read(Path(directory) / "cgroup.procs") == "0", directory
 
 
 def test_add_process_writes_pid(tmp_path):
@@ -628,7 +629,7 @@ def test_destroy_removes_every_directory(tmp_path):
     cgroup.destroy()
 
     for directory in cgroup.directories:
-        assert not directory.exists(), directory
+        assert not os.path.exists(directory), directory
     assert (root / "memory" / "kakoi").is_dir()
 
 

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -39,7 +40,7 @@ def test_load_busybox_archive(store, busybox_archives, format):
     record = store.resolve("busybox")
     assert [image.names for image in loaded] == [["docker.io/library/busybox:latest"]]
     assert record.id == config_digest_of(busybox_archives["docker-archive"])
-    diff = store.layer_dirs(record)[0]
+    diff = Path(store.layer_dirs(record)[0])
     assert (diff / "bin/busybox").stat().st_mode & 0o111
     assert os.readlink(diff / "bin/sh") == "/bin/busybox"
     assert "app:x:1000:1000" in (diff / "etc/passwd").read_text()
@@ -99,11 +100,11 @@ def test_layers_shared_between_images(store, tmp_path):
 
     store.load(tmp_path / "a.tar")
     base_dir = store.layer_dirs("test/a")[0]
-    inode = base_dir.stat().st_ino
+    inode = os.stat(base_dir).st_ino
     store.load(tmp_path / "b.tar")
 
     assert store.layer_dirs("test/b")[0] == base_dir
-    assert base_dir.stat().st_ino == inode
+    assert os.stat(base_dir).st_ino == inode
     assert len(list(store.layers_dir.iterdir())) == 3
 
 
@@ -112,7 +113,32 @@ def test_chain_id_names_layer_dir(store, tmp_path):
     store.load(tmp_path / "a.tar")
 
     chain = digests.chain_ids([digests.of_bytes(BASE), digests.of_bytes(TOP_A)])
-    assert store.layer_dirs("test/a") == [store.layers_dir / c[7:] / "diff" for c in chain]
+    assert store.layer_dirs("test/a") == [str(store.layers_dir / c[7:] / "diff") for c in chain]
+
+
+def test_index_stores_chain_ids(store, tmp_path):
+    write_image(tmp_path / "a.tar", [BASE, TOP_A], "test/a")
+    store.load(tmp_path / "a.tar")
+
+    chain = digests.chain_ids([digests.of_bytes(BASE), digests.of_bytes(TOP_A)])
+    index = json.loads(store.index_path.read_text())
+    [record] = index["images"].values()
+    assert [layer["chain_id"] for layer in record["layers"]] == chain
+
+
+def test_index_without_chain_ids_still_resolves(store, tmp_path):
+    write_image(tmp_path / "a.tar", [BASE, TOP_A], "test/a")
+    store.load(tmp_path / "a.tar")
+    expected = store.layer_dirs("test/a")
+
+    # An index written before chain ids were stored has no chain_id keys.
+    index = json.loads(store.index_path.read_text())
+    for record in index["images"].values():
+        for layer in record["layers"]:
+            del layer["chain_id"]
+    store.index_path.write_text(json.dumps(index))
+
+    assert store.layer_dirs("test/a") == expected
 
 
 # Bad input leaves the store unchanged
@@ -225,8 +251,8 @@ def test_remove_last_name_deletes_and_collects(populated, tmp_path):
     write_image(tmp_path / "a.tar", [BASE, TOP_A], "test/a")
     populated.load(tmp_path / "a.tar")
     record = populated.resolve("test/a")
-    top_dir = populated.layer_dirs(record)[1].parent
-    base_dir = populated.layer_dirs(record)[0].parent
+    top_dir = Path(populated.layer_dirs(record)[1]).parent
+    base_dir = Path(populated.layer_dirs(record)[0]).parent
 
     lines = populated.remove("test/a")
 
@@ -270,7 +296,7 @@ def test_remove_in_use_forced_only_untags(populated):
 
     assert lines == ["Untagged: test/base:latest"]
     assert populated.resolve(record.id).names == []
-    assert populated.layer_dirs(record)[0].exists()
+    assert os.path.isdir(populated.layer_dirs(record)[0])
 
 
 def test_load_moves_name_from_older_image(populated, tmp_path):

@@ -2,8 +2,9 @@
 
 This package owns the cgroup directories that kakoi creates below its own parent at each
 hierarchy's root, and the container's mounted view of them. It contains no OCI logic:
-the runtime converts a spec's resources into `Resources`. It imports only kakoi.errors
-and kakoi.kernel.libc.
+the runtime converts a spec's resources into `Resources`. It imports only kakoi.errors,
+kakoi.log and kakoi.kernel.libc. Every path it takes or returns is a str, because
+`kakoi run` imports this package and pathlib would add several milliseconds to each start.
 """
 
 from .cgroup import Cgroup, list_children, normalize_path

@@ -5,12 +5,10 @@ the caller's own cgroup, which may belong to another manager.
 """
 
 import errno
-import logging
 import os
-import signal
 import time
-from pathlib import Path, PurePosixPath
 
+from kakoi import log
 from kakoi.errors import CgroupError
 
 from . import files, v1, v2
@@ -18,9 +16,11 @@ from .layout import Hierarchy, Layout
 from .resources import Resources
 from .writers import Writer
 
-log = logging.getLogger(__name__)
-
 DESTROY_TIMEOUT = 5.0
+
+# signal.SIGKILL, which is 9 on every Linux architecture. Importing the signal module
+# would also import enum, about 4 ms, for this one number.
+SIGKILL = 9
 
 
 class Cgroup:
@@ -35,18 +35,18 @@ class Cgroup:
         return f"Cgroup({self.path!r}, mode={self.layout.mode!r})"
 
     @property
-    def directories(self) -> list[Path]:
+    def directories(self) -> list[str]:
         """Return the cgroup's directory in each hierarchy, v1 ones first."""
-        return [hierarchy.mount_point / self.path for hierarchy in self.hierarchies]
+        return [os.path.join(hierarchy.mount_point, self.path) for hierarchy in self.hierarchies]
 
-    def directory(self, controller: str) -> Path | None:
+    def directory(self, controller: str) -> str | None:
         """Return the directory whose files control `controller`, or None if not mounted."""
         if self.layout.mode == "v2":
-            return self.layout.unified / self.path
+            return os.path.join(self.layout.unified, self.path)
 
         for hierarchy in self.hierarchies:
             if hierarchy.version == 1 and controller in hierarchy.controllers:
-                return hierarchy.mount_point / self.path
+                return os.path.join(hierarchy.mount_point, self.path)
         return None
 
     @classmethod
@@ -65,9 +65,9 @@ class Cgroup:
         writers = v2.WRITERS if layout.mode == "v2" else v1.WRITERS
         required = _required_controllers(layout, writers, resources)
         log.debug("create cgroup %s in %s", cgroup.path,
-                  [str(hierarchy.mount_point) for hierarchy in cgroup.hierarchies])
+                  [hierarchy.mount_point for hierarchy in cgroup.hierarchies], name=__name__)
 
-        created: list[Path] = []
+        created: list[str] = []
         try:
             for hierarchy in cgroup.hierarchies:
                 cgroup._make_directories(hierarchy, required, created)
@@ -85,12 +85,12 @@ class Cgroup:
             CgroupError: the cgroup exists in none of the hierarchies.
         """
         cgroup = cls(layout, path)
-        if not any(directory.is_dir() for directory in cgroup.directories):
+        if not any(os.path.isdir(directory) for directory in cgroup.directories):
             raise CgroupError(f"cgroup {cgroup.path} not found under {layout.root}")
         return cgroup
 
     def _make_directories(self, hierarchy: Hierarchy, required: set[str],
-                          created: list[Path]) -> None:
+                          created: list[str]) -> None:
         parts = self.path.split("/")
         current = hierarchy.mount_point
         offered = set(hierarchy.controllers)
@@ -102,7 +102,7 @@ class Cgroup:
                 to_enable = (required | v2.ROOT_CONTROLLERS) if index == 0 else v2.KAKOI_CONTROLLERS
                 offered = v2.enable_controllers(current, offered, required, set(to_enable))
 
-            current = current / part
+            current = os.path.join(current, part)
             is_leaf = index == len(parts) - 1
             _make_directory(current, is_leaf, created)
 
@@ -117,7 +117,8 @@ class Cgroup:
             directory = self.directory(writer.controller)
             if directory is None:
                 # _required_controllers let this through, so every value is a no-op.
-                log.debug("skip %s: controller %s not mounted", writer.fields, writer.controller)
+                log.debug("skip %s: controller %s not mounted", writer.fields, writer.controller,
+                          name=__name__)
                 continue
             writer.apply(directory, resources)
 
@@ -129,19 +130,19 @@ class Cgroup:
                 inside a new PID namespace, where the caller's own pid number differs.
         """
         for directory in self.directories:
-            files.write(directory / "cgroup.procs", str(pid))
+            files.write(os.path.join(directory, "cgroup.procs"), str(pid))
 
     def pids(self) -> list[int]:
         """Return the processes in the cgroup, as pids of the caller's PID namespace."""
         found = set()
         for directory in self.directories:
-            content = files.read_optional(directory / "cgroup.procs")
+            content = files.read_optional(os.path.join(directory, "cgroup.procs"))
             found.update(int(line) for line in (content or "").split())
         return sorted(found)
 
-    def kill(self, signal_number: int = signal.SIGKILL) -> None:
+    def kill(self, signal_number: int = SIGKILL) -> None:
         """Send a signal to every process in the cgroup."""
-        if signal_number == signal.SIGKILL:
+        if signal_number == SIGKILL:
             self._kill_with_cgroup_kill()
 
         # NOTE: a pid read from cgroup.procs may be reused before the signal arrives.
@@ -154,8 +155,8 @@ class Cgroup:
 
     def _kill_with_cgroup_kill(self) -> None:
         for hierarchy, directory in zip(self.hierarchies, self.directories):
-            kill_file = directory / "cgroup.kill"
-            if hierarchy.version == 2 and kill_file.exists():
+            kill_file = os.path.join(directory, "cgroup.kill")
+            if hierarchy.version == 2 and os.path.exists(kill_file):
                 files.write(kill_file, "1")
 
     def destroy(self, timeout: float = DESTROY_TIMEOUT) -> None:
@@ -168,20 +169,20 @@ class Cgroup:
             CgroupError: a directory could still not be removed when the time ran out.
         """
         deadline = time.monotonic() + timeout
-        remaining = [directory for directory in self.directories if directory.exists()]
+        remaining = [directory for directory in self.directories if os.path.exists(directory)]
 
         while True:
             remaining = [directory for directory in remaining if not _remove_tree(directory)]
             if not remaining:
-                log.debug("destroyed cgroup %s", self.path)
+                log.debug("destroyed cgroup %s", self.path, name=__name__)
                 return
 
             if time.monotonic() > deadline:
-                names = ", ".join(str(directory) for directory in remaining)
+                names = ", ".join(remaining)
                 raise CgroupError(f"remove cgroup {self.path}: {names} still busy after "
                                   f"{timeout}s with processes {self.pids()}")
 
-            self.kill(signal.SIGKILL)
+            self.kill(SIGKILL)
             time.sleep(0.01)
 
     def oom_kill_count(self) -> int:
@@ -194,9 +195,10 @@ class Cgroup:
             return 0
 
         name = "memory.events" if self.layout.mode == "v2" else "memory.oom_control"
-        if not (directory / name).exists():
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
             return 0
-        return files.read_keyed(directory / name).get("oom_kill", 0)
+        return files.read_keyed(path).get("oom_kill", 0)
 
     def memory_max_usage(self) -> int | None:
         """Return the peak memory usage in bytes, or None where the kernel does not record it."""
@@ -206,7 +208,7 @@ class Cgroup:
 
         # memory.peak needs Linux 5.19 or later.
         name = "memory.peak" if self.layout.mode == "v2" else "memory.max_usage_in_bytes"
-        content = files.read_optional(directory / name)
+        content = files.read_optional(os.path.join(directory, name))
         return int(content) if content else None
 
 
@@ -215,9 +217,10 @@ def list_children(layout: Layout, parent: str = "kakoi") -> list[str]:
     parent = normalize_path(parent)
     names = set()
     for hierarchy in layout.hierarchies():
-        directory = hierarchy.mount_point / parent
-        if directory.is_dir():
-            names.update(entry.name for entry in directory.iterdir() if entry.is_dir())
+        directory = os.path.join(hierarchy.mount_point, parent)
+        if os.path.isdir(directory):
+            with os.scandir(directory) as entries:
+                names.update(entry.name for entry in entries if entry.is_dir())
     return [f"{parent}/{name}" for name in sorted(names)]
 
 
@@ -227,7 +230,7 @@ def normalize_path(path: str) -> str:
     Raises:
         CgroupError: the path is empty or contains "." or "..".
     """
-    parts = [part for part in PurePosixPath(path).parts if part != "/"]
+    parts = [part for part in path.split("/") if part]
     if not parts or any(part in (".", "..") for part in parts) or "." in path.split("/"):
         raise CgroupError(f"invalid cgroup path {path!r}: use a path such as kakoi/<id>")
     return "/".join(parts)
@@ -253,7 +256,7 @@ def _required_controllers(layout: Layout, writers: tuple[Writer, ...],
     return required
 
 
-def _make_directory(directory: Path, is_leaf: bool, created: list[Path]) -> None:
+def _make_directory(directory: str, is_leaf: bool, created: list[str]) -> None:
     try:
         os.mkdir(directory, 0o755)
     except FileExistsError:
@@ -267,23 +270,24 @@ def _make_directory(directory: Path, is_leaf: bool, created: list[Path]) -> None
     created.append(directory)
 
 
-def _remove_created(cgroup: Cgroup, created: list[Path]) -> None:
+def _remove_created(cgroup: Cgroup, created: list[str]) -> None:
     mount_points = {hierarchy.mount_point for hierarchy in cgroup.hierarchies}
     for directory in reversed(created):
-        is_shared_parent = directory.parent in mount_points and "/" in cgroup.path
+        is_shared_parent = os.path.dirname(directory) in mount_points and "/" in cgroup.path
         if is_shared_parent:
             continue
         try:
             _rmdir(directory)
         except OSError as exc:
-            log.warning("leave %s after the failed create: %s", directory, exc.strerror)
+            log.warning("leave %s after the failed create: %s", directory, exc.strerror,
+                        name=__name__)
 
 
-def _remove_tree(directory: Path) -> bool:
+def _remove_tree(directory: str) -> bool:
     # Child cgroups (made by a process inside the container) must go before their parent.
     for current, _, _ in os.walk(directory, topdown=False):
         try:
-            _rmdir(Path(current))
+            _rmdir(current)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -293,7 +297,7 @@ def _remove_tree(directory: Path) -> bool:
     return True
 
 
-def _rmdir(directory: Path) -> None:
+def _rmdir(directory: str) -> None:
     # A cgroupfs directory can be removed with its interface files still listed in it.
     # Unit tests replace this function to give their fake trees the same behaviour.
     os.rmdir(directory)

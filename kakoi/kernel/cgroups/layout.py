@@ -6,17 +6,14 @@ root at a fake tree in a temporary directory, so that no root and no real cgroup
 needed.
 """
 
-import logging
-from dataclasses import dataclass, field
-from pathlib import Path
+import os
 
+from kakoi import log
 from kakoi.errors import CgroupError
 
 from . import files
 
-log = logging.getLogger(__name__)
-
-DEFAULT_ROOT = Path("/sys/fs/cgroup")
+DEFAULT_ROOT = "/sys/fs/cgroup"
 
 # Every controller that a v1 mount may carry in its options.
 V1_CONTROLLERS = frozenset({
@@ -33,15 +30,46 @@ USED_V1_CONTROLLERS = frozenset({
 USED_V1_NAMES = frozenset({"systemd"})
 
 
-@dataclass(frozen=True)
-class Hierarchy:
-    """One mounted cgroup hierarchy."""
+class _Frozen:
+    """Immutable value class with equality and hashing over `__slots__`.
 
-    mount_point: Path
-    version: int
-    controllers: frozenset[str]
-    # The name= option of a named v1 hierarchy, such as "systemd".
-    name: str | None = None
+    Used instead of frozen dataclasses, whose import costs about 5 ms on every container
+    start.
+    """
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: {type(self).__name__} is immutable")
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Hierarchy(_Frozen):
+    """One mounted cgroup hierarchy; `mount_point` is an absolute str path."""
+
+    # name is the name= option of a named v1 hierarchy, such as "systemd".
+    __slots__ = ("mount_point", "version", "controllers", "name")
+
+    def __init__(self, mount_point: str, version: int, controllers: frozenset[str],
+                 name: str | None = None):
+        object.__setattr__(self, "mount_point", os.fspath(mount_point))
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "controllers", controllers)
+        object.__setattr__(self, "name", name)
 
     @property
     def mount_options(self) -> str:
@@ -61,20 +89,26 @@ class Hierarchy:
         return bool(self.controllers & USED_V1_CONTROLLERS) or self.name in USED_V1_NAMES
 
 
-@dataclass(frozen=True)
-class Layout:
-    """The cgroup hierarchies of a host, found by `detect`."""
+class Layout(_Frozen):
+    """The cgroup hierarchies of a host, found by `detect`; every path is a str.
 
-    mode: str
-    root: Path
-    # The cgroup2 mount: the root itself on v2, usually root/unified on a hybrid host.
-    unified: Path | None
-    v1: tuple[Hierarchy, ...] = ()
-    # Controllers listed in the v2 root's cgroup.controllers.
-    v2_controllers: frozenset[str] = field(default_factory=frozenset)
+    `unified` is the cgroup2 mount: the root itself on v2, usually root/unified on a
+    hybrid host. `v2_controllers` lists the v2 root's cgroup.controllers.
+    """
+
+    __slots__ = ("mode", "root", "unified", "v1", "v2_controllers")
+
+    def __init__(self, mode: str, root: str, unified: str | None,
+                 v1: tuple[Hierarchy, ...] = (),
+                 v2_controllers: frozenset[str] = frozenset()):
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "root", os.fspath(root))
+        object.__setattr__(self, "unified", None if unified is None else os.fspath(unified))
+        object.__setattr__(self, "v1", tuple(v1))
+        object.__setattr__(self, "v2_controllers", frozenset(v2_controllers))
 
     @property
-    def v1_mounts(self) -> dict[str, Path]:
+    def v1_mounts(self) -> dict[str, str]:
         """Map each mounted v1 controller to its hierarchy's mount point."""
         return {
             controller: hierarchy.mount_point
@@ -96,25 +130,27 @@ class Layout:
         return controller in self.v1_mounts
 
 
-def detect(root: Path = DEFAULT_ROOT, mountinfo: str | None = None) -> Layout:
+def detect(root: str = DEFAULT_ROOT, mountinfo: str | None = None) -> Layout:
     """Find the cgroup mounts at root and return the host's layout.
 
     Args:
-        root: the directory under which the host mounts its cgroup hierarchies.
+        root: the directory under which the host mounts its cgroup hierarchies (str or
+            os.PathLike).
         mountinfo: text in /proc/self/mountinfo format; read from /proc when None.
 
     Raises:
         CgroupError: no cgroup filesystem is mounted at root or directly below it.
     """
     if mountinfo is None:
-        mountinfo = files.read(Path("/proc/self/mountinfo"))
+        mountinfo = files.read("/proc/self/mountinfo")
 
-    unified, v1 = _parse_mounts(Path(root), mountinfo)
+    root = os.path.normpath(os.fspath(root))
+    unified, v1 = _parse_mounts(root, mountinfo)
 
     if unified is None and not v1:
         raise CgroupError(f"no cgroup filesystem mounted at {root}: mount cgroup2 or cgroup v1")
 
-    if unified == Path(root):
+    if unified == root:
         mode = "v2"
     elif unified is not None and any(hierarchy.controllers for hierarchy in v1):
         mode = "hybrid"
@@ -124,16 +160,16 @@ def detect(root: Path = DEFAULT_ROOT, mountinfo: str | None = None) -> Layout:
         mode = "v2"
 
     controllers = _v2_controllers(unified) if unified is not None else frozenset()
-    layout = Layout(mode, Path(root), unified, tuple(v1), controllers)
+    layout = Layout(mode, root, unified, tuple(v1), controllers)
 
     log.debug("cgroup mode %s, unified %s, v1 controllers %s, v2 controllers %s",
-              mode, unified, sorted(layout.v1_mounts), sorted(controllers))
+              mode, unified, sorted(layout.v1_mounts), sorted(controllers), name=__name__)
     return layout
 
 
-def _parse_mounts(root: Path, mountinfo: str) -> tuple[Path | None, list[Hierarchy]]:
+def _parse_mounts(root: str, mountinfo: str) -> tuple[str | None, list[Hierarchy]]:
     unified = None
-    by_mount_point: dict[Path, Hierarchy] = {}
+    by_mount_point: dict[str, Hierarchy] = {}
 
     for line in mountinfo.splitlines():
         mount = _parse_line(line)
@@ -141,7 +177,7 @@ def _parse_mounts(root: Path, mountinfo: str) -> tuple[Path | None, list[Hierarc
             continue
 
         mount_point, fstype, options = mount
-        if mount_point != root and mount_point.parent != root:
+        if mount_point != root and os.path.dirname(mount_point) != root:
             continue
 
         if fstype == "cgroup2":
@@ -156,7 +192,7 @@ def _parse_mounts(root: Path, mountinfo: str) -> tuple[Path | None, list[Hierarc
     return unified, _dedupe(by_mount_point.values())
 
 
-def _parse_line(line: str) -> tuple[Path, str, str] | None:
+def _parse_line(line: str) -> tuple[str, str, str] | None:
     # Fields: id parent major:minor root mount_point options [optional...] - fstype source super
     left, separator, right = line.partition(" - ")
     if not separator:
@@ -167,7 +203,7 @@ def _parse_line(line: str) -> tuple[Path, str, str] | None:
     if len(left_fields) < 5 or len(right_fields) < 3:
         return None
 
-    mount_point = Path(_unescape(left_fields[4]))
+    mount_point = os.path.normpath(_unescape(left_fields[4]))
     return mount_point, right_fields[0], right_fields[2]
 
 
@@ -178,7 +214,7 @@ def _unescape(text: str) -> str:
     return text
 
 
-def _v1_hierarchy(mount_point: Path, options: str) -> Hierarchy:
+def _v1_hierarchy(mount_point: str, options: str) -> Hierarchy:
     controllers = set()
     name = None
     for option in options.split(","):
@@ -203,6 +239,6 @@ def _dedupe(hierarchies) -> list[Hierarchy]:
     return unique
 
 
-def _v2_controllers(unified: Path) -> frozenset[str]:
-    content = files.read_optional(unified / "cgroup.controllers")
+def _v2_controllers(unified: str) -> frozenset[str]:
+    content = files.read_optional(os.path.join(unified, "cgroup.controllers"))
     return frozenset((content or "").split())

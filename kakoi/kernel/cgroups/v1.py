@@ -4,31 +4,31 @@ Each controller has its own hierarchy, so each writer gets the cgroup's director
 hierarchy that carries its controller.
 """
 
-import logging
-from pathlib import Path
+import os
+
+from kakoi import log
 
 from . import files
 from .resources import UNLIMITED, Resources
 from .writers import Writer, limited_pids, pids_max
 
-log = logging.getLogger(__name__)
 
-
-def _memory(directory: Path, resources: Resources) -> None:
+def _memory(directory: str, resources: Resources) -> None:
     _memory_and_swap(directory, resources.memory_limit, resources.memory_swap)
 
     if resources.memory_reservation is not None:
-        files.write(directory / "memory.soft_limit_in_bytes", str(resources.memory_reservation))
+        soft_limit = os.path.join(directory, "memory.soft_limit_in_bytes")
+        files.write(soft_limit, str(resources.memory_reservation))
 
 
-def _memory_and_swap(directory: Path, limit: int | None, swap: int | None) -> None:
-    memsw = directory / "memory.memsw.limit_in_bytes"
-    if swap is not None and not memsw.exists():
+def _memory_and_swap(directory: str, limit: int | None, swap: int | None) -> None:
+    memsw = os.path.join(directory, "memory.memsw.limit_in_bytes")
+    if swap is not None and not os.path.exists(memsw):
         log.warning("%s is missing, so memory_swap %d is not applied: the kernel was built "
-                    "without swap accounting", memsw, swap)
+                    "without swap accounting", memsw, swap, name=__name__)
         swap = None
 
-    limit_file = directory / "memory.limit_in_bytes"
+    limit_file = os.path.join(directory, "memory.limit_in_bytes")
     if limit is None:
         if swap is not None:
             files.write(memsw, str(swap))
@@ -55,30 +55,30 @@ def _above(value: int, current: int) -> bool:
     return value == UNLIMITED or value > current
 
 
-def _cpu(directory: Path, resources: Resources) -> None:
+def _cpu(directory: str, resources: Resources) -> None:
     # runc treats shares 0 as unset; the kernel would otherwise clamp it to 2.
     if resources.cpu_shares:
-        files.write(directory / "cpu.shares", str(resources.cpu_shares))
+        files.write(os.path.join(directory, "cpu.shares"), str(resources.cpu_shares))
 
     # The period goes first, because a new quota is checked against the current period.
     if resources.cpu_period is not None:
-        files.write(directory / "cpu.cfs_period_us", str(resources.cpu_period))
+        files.write(os.path.join(directory, "cpu.cfs_period_us"), str(resources.cpu_period))
 
     if resources.cpu_quota is not None:
-        files.write(directory / "cpu.cfs_quota_us", str(resources.cpu_quota))
+        files.write(os.path.join(directory, "cpu.cfs_quota_us"), str(resources.cpu_quota))
 
 
-def _cpuset(directory: Path, resources: Resources) -> None:
+def _cpuset(directory: str, resources: Resources) -> None:
     if resources.cpuset_cpus is not None:
-        files.write(directory / "cpuset.cpus", resources.cpuset_cpus)
+        files.write(os.path.join(directory, "cpuset.cpus"), resources.cpuset_cpus)
 
     if resources.cpuset_mems is not None:
-        files.write(directory / "cpuset.mems", resources.cpuset_mems)
+        files.write(os.path.join(directory, "cpuset.mems"), resources.cpuset_mems)
 
 
-def _pids(directory: Path, resources: Resources) -> None:
+def _pids(directory: str, resources: Resources) -> None:
     if resources.pids_limit is not None:
-        files.write(directory / "pids.max", pids_max(resources.pids_limit))
+        files.write(os.path.join(directory, "pids.max"), pids_max(resources.pids_limit))
 
 
 WRITERS = (
@@ -89,14 +89,14 @@ WRITERS = (
 )
 
 
-def fill_cpuset(directory: Path) -> None:
+def fill_cpuset(directory: str) -> None:
     """Copy cpuset.cpus and cpuset.mems from the parent when they are empty.
 
     A v1 cpuset cgroup starts with both empty, and the kernel rejects a task joining it
     until both are set.
     """
     for name in ("cpuset.cpus", "cpuset.mems"):
-        if files.read_optional(directory / name):
+        if files.read_optional(os.path.join(directory, name)):
             continue
-        value = files.read(directory.parent / name)
-        files.write(directory / name, value)
+        value = files.read(os.path.join(os.path.dirname(directory), name))
+        files.write(os.path.join(directory, name), value)

@@ -1,15 +1,13 @@
 """Write resource limits into a cgroup v2 directory and enable controllers on the way."""
 
-import logging
-from pathlib import Path
+import os
 
+from kakoi import log
 from kakoi.errors import CgroupError
 
 from . import files
 from .resources import UNLIMITED, Resources
 from .writers import Writer, limited_pids, pids_max
-
-log = logging.getLogger(__name__)
 
 # Controllers that kakoi enables below its own parent when the parent offers them.
 KAKOI_CONTROLLERS = ("cpu", "cpuset", "hugetlb", "io", "memory", "misc", "pids", "rdma")
@@ -42,45 +40,47 @@ def _limit(value: int) -> str:
     return "max" if value == UNLIMITED else str(value)
 
 
-def _memory(directory: Path, resources: Resources) -> None:
+def _memory(directory: str, resources: Resources) -> None:
     if resources.memory_limit is not None:
-        files.write(directory / "memory.max", _limit(resources.memory_limit))
+        files.write(os.path.join(directory, "memory.max"), _limit(resources.memory_limit))
 
     if resources.memory_swap is not None:
         # Resources.validate guarantees a memory limit when swap is limited.
         memory = resources.memory_limit if resources.memory_limit is not None else UNLIMITED
-        files.write(directory / "memory.swap.max", swap_max(memory, resources.memory_swap))
+        swap = swap_max(memory, resources.memory_swap)
+        files.write(os.path.join(directory, "memory.swap.max"), swap)
 
     if resources.memory_reservation is not None:
         # NOTE: v1's "-1" soft limit means no soft limit; the v2 equivalent is no protection.
         reservation = max(resources.memory_reservation, 0)
-        files.write(directory / "memory.low", str(reservation))
+        files.write(os.path.join(directory, "memory.low"), str(reservation))
 
 
-def _cpu(directory: Path, resources: Resources) -> None:
+def _cpu(directory: str, resources: Resources) -> None:
     # runc treats shares 0 as unset, so a zero from a spec leaves the default weight.
     if resources.cpu_shares:
-        files.write(directory / "cpu.weight", str(shares_to_weight(resources.cpu_shares)))
+        weight = shares_to_weight(resources.cpu_shares)
+        files.write(os.path.join(directory, "cpu.weight"), str(weight))
 
     if resources.cpu_quota is None and resources.cpu_period is None:
         return
 
     quota = resources.cpu_quota if resources.cpu_quota is not None else UNLIMITED
     period = resources.cpu_period or DEFAULT_CPU_PERIOD
-    files.write(directory / "cpu.max", f"{_limit(quota)} {period}")
+    files.write(os.path.join(directory, "cpu.max"), f"{_limit(quota)} {period}")
 
 
-def _cpuset(directory: Path, resources: Resources) -> None:
+def _cpuset(directory: str, resources: Resources) -> None:
     if resources.cpuset_cpus is not None:
-        files.write(directory / "cpuset.cpus", resources.cpuset_cpus)
+        files.write(os.path.join(directory, "cpuset.cpus"), resources.cpuset_cpus)
 
     if resources.cpuset_mems is not None:
-        files.write(directory / "cpuset.mems", resources.cpuset_mems)
+        files.write(os.path.join(directory, "cpuset.mems"), resources.cpuset_mems)
 
 
-def _pids(directory: Path, resources: Resources) -> None:
+def _pids(directory: str, resources: Resources) -> None:
     if resources.pids_limit is not None:
-        files.write(directory / "pids.max", pids_max(resources.pids_limit))
+        files.write(os.path.join(directory, "pids.max"), pids_max(resources.pids_limit))
 
 
 WRITERS = (
@@ -91,7 +91,7 @@ WRITERS = (
 )
 
 
-def enable_controllers(directory: Path, offered: set[str], required: set[str],
+def enable_controllers(directory: str, offered: set[str], required: set[str],
                        to_enable: set[str]) -> set[str]:
     """Enable the requested controllers in directory's cgroup.subtree_control.
 
@@ -104,7 +104,7 @@ def enable_controllers(directory: Path, offered: set[str], required: set[str],
     Returns:
         The controllers enabled for directory's children afterwards.
     """
-    control = directory / "cgroup.subtree_control"
+    control = os.path.join(directory, "cgroup.subtree_control")
     enabled = set((files.read_optional(control) or "").split())
     missing = [name for name in KAKOI_CONTROLLERS
                if name in to_enable and name in offered and name not in enabled]
@@ -113,10 +113,11 @@ def enable_controllers(directory: Path, offered: set[str], required: set[str],
 
     try:
         files.write(control, " ".join(f"+{name}" for name in missing))
-        log.debug("enabled controllers %s in %s", missing, control)
+        log.debug("enabled controllers %s in %s", missing, control, name=__name__)
         return enabled | set(missing)
     except CgroupError:
-        log.debug("enabling %s in %s at once failed, trying one at a time", missing, control)
+        log.debug("enabling %s in %s at once failed, trying one at a time", missing, control,
+                  name=__name__)
 
     # One at a time, so that one controller the kernel refuses (cpu with a realtime task
     # in the way, for example) does not keep the others off.
@@ -127,6 +128,7 @@ def enable_controllers(directory: Path, offered: set[str], required: set[str],
         except CgroupError as exc:
             if name in required:
                 raise
-            log.warning("controller %s stays disabled below %s: %s", name, directory, exc)
+            log.warning("controller %s stays disabled below %s: %s", name, directory, exc,
+                        name=__name__)
     return enabled
 

@@ -4,13 +4,11 @@ The caller has already joined the container's cgroup and unshared a cgroup names
 each cgroup filesystem mounted here shows that cgroup as its root.
 """
 
-import logging
 import os
-from pathlib import Path
+
+from kakoi import log
 
 from .layout import Hierarchy, Layout
-
-log = logging.getLogger(__name__)
 
 
 def mount_container_view(layout: Layout, target: str, read_only: bool = True) -> None:
@@ -25,6 +23,7 @@ def mount_container_view(layout: Layout, target: str, read_only: bool = True) ->
     """
     from kakoi.kernel import libc
 
+    target = os.fspath(target)
     flags = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
     mounts = []
 
@@ -34,9 +33,10 @@ def mount_container_view(layout: Layout, target: str, read_only: bool = True) ->
     else:
         libc.mount("tmpfs", target, "tmpfs", flags, "mode=755")
         mounts.append(target)
-        mounts.extend(_mount_hierarchies(layout, Path(target), flags))
+        mounts.extend(_mount_hierarchies(layout, target, flags))
 
-    log.debug("mounted the cgroup view at %s (%s, read-only %s)", target, layout.mode, read_only)
+    log.debug("mounted the cgroup view at %s (%s, read-only %s)", target, layout.mode, read_only,
+              name=__name__)
     if not read_only:
         return
 
@@ -47,29 +47,29 @@ def mount_container_view(layout: Layout, target: str, read_only: bool = True) ->
         libc.mount(None, mount_point, None, remount, None)
 
 
-def _mount_hierarchies(layout: Layout, target: Path, flags: int) -> list[str]:
+def _mount_hierarchies(layout: Layout, target: str, flags: int) -> list[str]:
     from kakoi.kernel import libc
 
     mounts = []
     for hierarchy in layout.hierarchies():
         if hierarchy.version == 2:
-            mount_point = target / "unified"
+            mount_point = os.path.join(target, "unified")
             os.mkdir(mount_point, 0o755)
-            libc.mount("cgroup2", str(mount_point), "cgroup2", flags, None)
+            libc.mount("cgroup2", mount_point, "cgroup2", flags, None)
         else:
-            mount_point = target / hierarchy.mount_point.name
+            mount_point = os.path.join(target, os.path.basename(hierarchy.mount_point))
             os.mkdir(mount_point, 0o755)
-            libc.mount("cgroup", str(mount_point), "cgroup", flags, hierarchy.mount_options)
+            libc.mount("cgroup", mount_point, "cgroup", flags, hierarchy.mount_options)
             _link_controllers(target, hierarchy)
-        mounts.append(str(mount_point))
+        mounts.append(mount_point)
     return mounts
 
 
-def _link_controllers(target: Path, hierarchy: Hierarchy) -> None:
+def _link_controllers(target: str, hierarchy: Hierarchy) -> None:
     # Docker shows a co-mounted "cpu,cpuacct" hierarchy also as "cpu" and "cpuacct".
-    directory_name = hierarchy.mount_point.name
+    directory_name = os.path.basename(hierarchy.mount_point)
     for controller in sorted(hierarchy.controllers):
-        link = target / controller
+        link = os.path.join(target, controller)
         if controller == directory_name or os.path.lexists(link):
             continue
         os.symlink(directory_name, link)

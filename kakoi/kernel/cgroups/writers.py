@@ -1,25 +1,34 @@
 """The table shape shared by the v1 and v2 limit writers."""
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from __future__ import annotations
 
 from .resources import Resources
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-@dataclass(frozen=True)
+
 class Writer:
     """Writer of one controller's limits into a cgroup directory.
 
     `fields` names the Resources fields that this writer applies. `needs` returns the
     subset of them whose values require the controller, because an unlimited pids_limit,
-    for example, needs no pids controller.
+    for example, needs no pids controller. `apply` gets the directory as a str path.
     """
 
-    controller: str
-    fields: tuple[str, ...]
-    apply: Callable[[Path, Resources], None]
-    needs: Callable[[Resources], list[str]] | None = None
+    __slots__ = ("controller", "fields", "apply", "needs")
+
+    def __init__(self, controller: str, fields: tuple[str, ...],
+                 apply: Callable[[str, Resources], None],
+                 needs: Callable[[Resources], list[str]] | None = None):
+        self.controller = controller
+        self.fields = fields
+        self.apply = apply
+        self.needs = needs
+
+    def __repr__(self) -> str:
+        return f"Writer({self.controller!r}, {self.fields!r})"
 
     def required_fields(self, resources: Resources) -> list[str]:
         """Return the set fields that cannot be applied without this controller."""
