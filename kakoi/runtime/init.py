@@ -96,10 +96,13 @@ def _run(context: InitContext) -> None:
         # Opened before pivot_root hides the host path; reopened for writing later.
         context.exec_fifo_fd = os.open(context.exec_fifo, os.O_PATH | os.O_CLOEXEC)
 
-    # The parent moves this process into its cgroup while it builds the filesystem,
-    # because the first cgroup migration after a quiet spell waits for an RCU grace
-    # period (7-15 ms here). Only the cgroup namespace has to wait for that move.
+    # This process joins its v1 cgroups itself, the cheap way (see add_process). The
+    # parent moves it into the v2 one while it builds the filesystem, because that move
+    # can wait for an RCU grace period (7-15 ms here); only the cgroup namespace has to
+    # wait for it.
     cgroup_namespace = namespaces.pop("cgroup", False)
+    if context.cgroup is not None:
+        context.cgroup.add_process(0, versions=(1,))
     _enter_namespaces(namespaces)
     if not context.no_new_keyring:
         libc.join_session_keyring(context.container_id or None)

@@ -89,7 +89,7 @@ def create(container_id: str, spec: dict, bundle: str, *, rootfs_mounts: list[di
         pid = _fork_init(namespaces.get("pid", False), context, parent_sock)
         child_sock.close()
         if cgroup is not None:
-            cgroup.add_process(pid)
+            cgroup.add_process(pid, versions=(2,))
         sync.send(parent_sock, {"type": "joined"})
         console_fd = _wait_ready(parent_sock, pid, spec, container_id, bundle)
         log.debug("container %s: init %d is ready", container_id, pid, name=__name__)

@@ -140,7 +140,8 @@ def test_detect_hybrid(tmp_path):
 
     assert layout.mode == "hybrid"
     assert layout.unified == str(tmp_path / "cg" / "unified")
-    assert layout.hierarchies()[-1].version == 2
+    # The hybrid v2 tree has no controllers, so containers are not placed in it.
+    assert all(hierarchy.version == 1 for hierarchy in layout.hierarchies())
 
 
 def test_detect_v2(tmp_path):
@@ -400,14 +401,13 @@ def test_create_removes_directories_after_failed_limit(tmp_path):
 # create on hybrid and v2
 
 
-def test_create_hybrid_names_unified(tmp_path):
+def test_create_hybrid_leaves_unified_alone(tmp_path):
     root = tmp_path / "cg"
     layout = detect(root, make_v1(root, unified=True))
 
     Cgroup.create(layout, "kakoi/c1", Resources(memory_limit=1 << 20))
 
-    assert (root / "unified" / "kakoi" / "c1").is_dir()
-    assert not (root / "unified" / "kakoi" / "c1" / "memory.max").exists()
+    assert not (root / "unified" / "kakoi").exists()
     assert read(root / "unified" / "cgroup.subtree_control") == ""
     assert read(root / "memory" / "kakoi" / "c1" / "memory.limit_in_bytes") == str(1 << 20)
 
@@ -542,10 +542,26 @@ def test_add_process_zero_writes_zero(tmp_path):
     layout = detect(root, make_v1(root, unified=True))
     cgroup = Cgroup.create(layout, "kakoi/c1", Resources())
 
+    for directory in cgroup.directories:
+        (Path(directory) / "tasks").write_text("")
+
     cgroup.add_process(0)
 
+    # On v1 the caller moves itself through tasks, which skips the global lock.
     for directory in cgroup.directories:
-        assert read(Path(directory) / "cgroup.procs") == "0", directory
+        assert read(Path(directory) / "tasks") == "0", directory
+
+
+def test_add_process_by_version(tmp_path):
+    root = tmp_path / "cg"
+    layout = detect(root, make_v2(root))
+    cgroup = Cgroup.create(layout, "kakoi/c1", Resources())
+
+    cgroup.add_process(1234, versions=(1,))
+    assert not (root / "kakoi" / "c1" / "cgroup.procs").exists()
+
+    cgroup.add_process(1234, versions=(2,))
+    assert read(root / "kakoi" / "c1" / "cgroup.procs") == "1234"
 
 
 def test_add_process_writes_pid(tmp_path):
@@ -686,12 +702,13 @@ def test_mount_view_hybrid_calls(tmp_path, monkeypatch):
     assert calls[0] == ("tmpfs", str(target), "tmpfs", flags, "mode=755")
     assert ("cgroup", str(target / "cpu,cpuacct"), "cgroup", flags, "cpu,cpuacct") in calls
     assert ("cgroup", str(target / "systemd"), "cgroup", flags, "none,name=systemd") in calls
-    assert ("cgroup2", str(target / "unified"), "cgroup2", flags, None) in calls
+    # The hybrid v2 tree is not joined, so its view would show the host's whole tree.
+    assert not any(call[2] == "cgroup2" for call in calls)
     assert os.readlink(target / "cpu") == "cpu,cpuacct"
     assert os.readlink(target / "cpuacct") == "cpu,cpuacct"
     assert not (target / "net_cls").exists()
     remounts = [call for call in calls if call[3] & libc.MS_REMOUNT]
-    assert len(remounts) == 10
+    assert len(remounts) == 9
     assert all(call[3] & libc.MS_BIND and call[3] & libc.MS_RDONLY for call in remounts)
     assert remounts[-1][1] == str(target)
 

@@ -129,8 +129,8 @@ def test_rule_with_default_action_is_skipped():
 
 
 def test_repeated_argument_index_becomes_separate_rules():
-    # Two conditions on argument 0 can never both hold when ANDed, so runc adds one rule
-    # for each, which ORs them; conditions on different arguments stay one ANDed rule.
+    # Two EQ conditions on argument 0 can never both hold when ANDed, so runc adds one rule
+    # for each, which ORs them. Conditions on different arguments stay one ANDed rule.
     same_index = [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"},
                   {"index": 0, "value": 0xFFFFFFFF, "op": "SCMP_CMP_EQ"}]
     different_index = [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"},
@@ -174,8 +174,9 @@ def test_compile_accepts_architectures_and_flags():
 
 
 def test_wait_killable_recv_needs_new_libseccomp():
-    # The flag maps to SCMP_FLTATR_CTL_WAITKILL, new in libseccomp 2.6; older ones reject it.
-    config = {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]}
+    # The flag maps to SCMP_FLTATR_CTL_WAITKILL, which libseccomp 2.5.4 rejects as invalid.
+    config = {"defaultAction": "SCMP_ACT_ALLOW",
+              "flags": ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]}
 
     try:
         seccomp.compile(config).release()

@@ -122,15 +122,24 @@ class Cgroup:
                 continue
             writer.apply(directory, resources)
 
-    def add_process(self, pid: int = 0) -> None:
-        """Move a process into the cgroup in every hierarchy.
+    def add_process(self, pid: int = 0, versions: tuple[int, ...] = (1, 2)) -> None:
+        """Move a process into the cgroup in every hierarchy of the given versions.
 
         Args:
             pid: the process to move; 0 means the calling process, which also works from
                 inside a new PID namespace, where the caller's own pid number differs.
+                The caller of pid 0 on v1 must be single-threaded: it is moved through
+                the `tasks` file, one thread, because the kernel then skips its global
+                threadgroup lock and the RCU grace period that taking it can cost.
+            versions: which hierarchies to use, so that a caller can move itself into
+                the v1 ones and let another process handle v2.
         """
-        for directory in self.directories:
-            files.write(os.path.join(directory, "cgroup.procs"), str(pid))
+        for hierarchy in self.hierarchies:
+            if hierarchy.version not in versions:
+                continue
+            name = "tasks" if pid == 0 and hierarchy.version == 1 else "cgroup.procs"
+            directory = os.path.join(hierarchy.mount_point, self.path)
+            files.write(os.path.join(directory, name), str(pid))
 
     def pids(self) -> list[int]:
         """Return the processes in the cgroup, as pids of the caller's PID namespace."""

@@ -117,9 +117,15 @@ class Layout(_Frozen):
         }
 
     def hierarchies(self) -> list[Hierarchy]:
-        """Return the hierarchies that kakoi creates cgroups in, v1 ones first."""
+        """Return the hierarchies that kakoi creates cgroups in, v1 ones first.
+
+        On a hybrid host the v2 tree is left out: its controllers are all bound to v1,
+        so it limits nothing, and moving a process into it takes the kernel's global
+        threadgroup lock, whose first taking after a quiet spell waits for an RCU grace
+        period (7-15 ms per container start here).
+        """
         used = [hierarchy for hierarchy in self.v1 if hierarchy.used]
-        if self.unified is not None:
+        if self.unified is not None and self.mode == "v2":
             used.append(Hierarchy(self.unified, 2, self.v2_controllers))
         return used
 
