@@ -9,11 +9,13 @@ running the parent's clean-up code (os._exit).
 import errno
 import fcntl
 import os
+import resource
 import signal
 import socket
 import struct
 import termios
 
+from kakoi import log
 from kakoi.errors import CommandNotExecutable, CommandNotFound, InvalidSpecError, KakoiError
 from kakoi.kernel import capabilities, libc, paths
 from kakoi.runtime import rootfs as rootfs_setup
@@ -70,11 +72,15 @@ def child_main(context: InitContext) -> None:
 
 
 def _report(sock: socket.socket, kind: str, error: BaseException) -> int:
+    """Send the error to the parent, or, once it is gone (after start), to stderr."""
     message = str(error) if isinstance(error, (KakoiError, OSError)) else repr(error)
     try:
         sync.send(sock, {"type": "error", "kind": kind, "message": message})
     except OSError:
-        pass
+        try:
+            os.write(2, f"kakoi-runtime: container init: {message}\n".encode())
+        except OSError:
+            pass
     return {"not_found": 127, "not_executable": 126}.get(kind, 125)
 
 
@@ -92,6 +98,12 @@ def _run(context: InitContext) -> None:
     # Not dumpable until exec, so that no process in the container can open this
     # one's /proc/<pid>/exe or fds (the runc CVE-2019-5736 kind); exec resets it.
     libc.prctl(libc.PR_SET_DUMPABLE, 0)
+    if hooks_module_needed(spec):
+        # After pivot_root the host's Python library is out of sight, so every module
+        # that a later step imports has to be loaded now.
+        import subprocess  # noqa: F401  (used by kakoi.runtime.hooks)
+
+        from kakoi.runtime import hooks  # noqa: F401
     if context.exec_fifo is not None:
         # Opened before pivot_root hides the host path; reopened for writing later.
         context.exec_fifo_fd = os.open(context.exec_fifo, os.O_PATH | os.O_CLOEXEC)
@@ -152,6 +164,10 @@ def _run(context: InitContext) -> None:
     if context.seccomp is not None and process.get("noNewPrivileges"):
         context.seccomp.load()
     _exec(process, executable, context)
+
+
+def hooks_module_needed(spec: dict) -> bool:
+    return bool(spec.get("hooks"))
 
 
 def _expect(sock: socket.socket, kind: str) -> None:
@@ -302,8 +318,6 @@ def _attach_console(sock: socket.socket, process: dict) -> None:
 
 def _finalize_process(process: dict) -> None:
     """Apply limits, identity and capabilities; the order follows runc's finalizeNamespace."""
-    import resource
-
     for rlimit in process.get("rlimits", []):
         number = getattr(resource, rlimit["type"])
         try:
@@ -335,7 +349,12 @@ def _finalize_process(process: dict) -> None:
     libc.capset(capabilities_set(caps.get("effective")), capabilities_set(caps.get("permitted")),
                 capabilities_set(caps.get("inheritable")))
     if caps.get("ambient"):
-        capabilities.set_ambient(capabilities_set(caps["ambient"]))
+        try:
+            capabilities.set_ambient(capabilities_set(caps["ambient"]))
+        except OSError as error:
+            # An ambient capability must also be permitted and inheritable; runc logs
+            # and goes on when it is not (runc 1.1, libcontainer/capabilities).
+            log.debug("cannot raise ambient capabilities: %s", error, name=__name__)
     if process.get("noNewPrivileges"):
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
 
@@ -385,3 +404,72 @@ def _exec(process: dict, executable: str, context: InitContext) -> None:
         if error.errno in (errno.ENOEXEC, errno.EISDIR, errno.ENOTDIR, errno.ENOENT):
             raise CommandNotExecutable(f"{args[0]!r}: {error.strerror}")
         raise
+
+
+class ExecContext:
+    """What the parent hands to a process that joins a running container."""
+
+    def __init__(self, process: dict, sock: socket.socket, *, namespace_paths: dict[str, str],
+                 cgroup, seccomp, preserve_fds: int, stdio: tuple[int, int, int] | None):
+        self.process = process
+        self.sock = sock
+        self.namespace_paths = namespace_paths
+        self.cgroup = cgroup
+        self.seccomp = seccomp
+        self.preserve_fds = preserve_fds
+        self.stdio = stdio
+
+
+def exec_child_main(context: ExecContext) -> None:
+    """Join the container's namespaces and cgroup, then exec; never returns."""
+    status = 125
+    try:
+        _run_exec(context)
+    except CommandNotFound as error:
+        status = _report(context.sock, "not_found", error)
+    except CommandNotExecutable as error:
+        status = _report(context.sock, "not_executable", error)
+    except BaseException as error:  # every failure must reach the parent, whatever its type
+        status = _report(context.sock, "error", error)
+    finally:
+        os._exit(status)
+
+
+def _run_exec(context: ExecContext) -> None:
+    process = context.process
+    _reset_signals()
+    libc.prctl(libc.PR_SET_DUMPABLE, 0)
+
+    # The cgroup files are host paths, so the move comes before entering the mount
+    # namespace, and before the cgroup namespace, whose root must be the container's.
+    if context.cgroup is not None:
+        context.cgroup.add_process(0)
+    # The mount namespace goes last: joining it also moves this process's root.
+    order = ["ipc", "uts", "network", "cgroup", "mount"]
+    for kind in order:
+        path = context.namespace_paths.get(kind)
+        if path is None:
+            continue
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            libc.setns(fd, oci.NAMESPACE_FLAGS[kind])
+        finally:
+            os.close(fd)
+
+    if process.get("terminal"):
+        _attach_console(context.sock, process)
+    elif context.stdio is not None:
+        for target, source in enumerate(context.stdio):
+            if source != target:
+                os.dup2(source, target)
+    os.chdir(process.get("cwd", "/"))
+    executable = _find_executable(process)
+
+    sync.send(context.sock, {"type": "ready"})
+    _expect(context.sock, "start")
+    if context.seccomp is not None and not process.get("noNewPrivileges"):
+        context.seccomp.load()
+    _finalize_process(process)
+    if context.seccomp is not None and process.get("noNewPrivileges"):
+        context.seccomp.load()
+    _exec(process, executable, context)

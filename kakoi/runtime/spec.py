@@ -61,6 +61,11 @@ def _validate_root(spec: dict, bundle: str) -> None:
         raise InvalidSpecError(f"root.path {path} is not a directory: create the rootfs first")
 
 
+def validate_process(process) -> None:
+    """Check a process object, as config.json's process or an exec's process.json."""
+    _validate_process(process)
+
+
 def _validate_process(process) -> None:
     if not isinstance(process, dict):
         raise InvalidSpecError("config.json is missing process")

@@ -342,15 +342,19 @@ def _container_id(kakoi, name: str) -> str:
 
 
 def _wait_for_container(kakoi, name: str) -> int:
+    """Return the pid of the container's init once its program runs."""
+    import json
+
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        try:
-            pid = container_pid(_container_id(kakoi, name))
-        except AssertionError:
-            pid = None
-        if pid:
-            return pid
-        time.sleep(0.05)
+        for path in (kakoi.root / "containers").glob("*/container.json"):
+            try:
+                record = json.loads(path.read_text())
+            except ValueError:
+                continue  # replaced while we read it
+            if record["Name"] == name and record["State"]["Status"] == "running":
+                return record["State"]["Pid"]
+        time.sleep(0.02)
     raise AssertionError(f"container {name} did not start")
 
 
