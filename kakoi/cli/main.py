@@ -9,6 +9,7 @@ import os
 import sys
 
 from kakoi import __version__
+from kakoi.cli.lazy import OneCommand, split_command
 from kakoi.errors import KakoiError
 
 DEFAULT_ROOT = "/var/lib/kakoi"
@@ -22,7 +23,8 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(125, f"kakoi: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Return the parser; with command, one whose subcommand parser is built for it alone."""
     from kakoi.cli import containers, images
 
     parser = ArgumentParser(prog="kakoi", description="Run OCI containers.")
@@ -31,18 +33,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help="directory of kakoi's images and containers "
                              "(default: $KAKOI_ROOT or /var/lib/kakoi)")
     parser.add_argument("--debug", action="store_true", help="log decisions to stderr")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                       parser_class=ArgumentParser)
+    if command is None:
+        subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                           parser_class=ArgumentParser)
+    else:
+        subparsers = OneCommand(command, "kakoi", ArgumentParser)
     containers.register(subparsers)
     images.register(subparsers)
+    if command is not None:
+        parser.add_argument("command", choices=[command])
+        parser.add_argument("arguments", nargs=argparse.REMAINDER)
+        parser.set_defaults(subparser=subparsers.parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse the global flags, then the command's own flags with that command's parser."""
+    index = split_command(argv, {"--root"})
+    command = argv[index] if index is not None else None
+    parser = build_parser(command)
+    if command is None or parser.get_default("subparser") is None:
+        return build_parser().parse_args(argv)  # help, version, or an unknown command
     args = parser.parse_args(argv)
+    args.subparser.parse_args(args.arguments, namespace=args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
+        build_parser().print_help(sys.stderr)
         return 125
     if args.debug:
         from kakoi import log

@@ -152,6 +152,6 @@ def _mark_exited(directory: str, record: dict, exit_code: int, oom_killed: bool 
 
 def remove_directory(directory: str) -> None:
     """Remove a container's directory, whose upper dir may hold files of any owner and mode."""
-    import shutil
+    from kakoi.kernel.paths import remove_tree
 
-    shutil.rmtree(directory, ignore_errors=True)
+    remove_tree(directory)

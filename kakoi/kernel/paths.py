@@ -100,3 +100,27 @@ def fd_path(fd: int) -> str:
 
 def is_dir(fd: int) -> bool:
     return stat.S_ISDIR(os.fstat(fd).st_mode)
+
+
+def remove_tree(directory: str) -> None:
+    """Remove directory and everything below it, never following a symlink.
+
+    Written with os.scandir instead of shutil.rmtree, whose import (with bz2 and lzma)
+    costs about 3 ms, a noticeable part of a container's start and removal.
+    """
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            remove_tree(entry.path)
+        else:
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+    try:
+        os.rmdir(directory)
+    except FileNotFoundError:
+        pass

@@ -201,6 +201,8 @@ def _hook_state(context: InitContext, status: str) -> dict:
 
 def _run_creation_hooks(context: InitContext) -> None:
     """Let the runtime run prestart and createRuntime hooks, then run createContainer."""
+    if not context.spec.get("hooks"):
+        return
     from kakoi.runtime import hooks
 
     if hooks.has(context.spec, "prestart", "createRuntime"):
@@ -210,6 +212,8 @@ def _run_creation_hooks(context: InitContext) -> None:
 
 
 def _run_container_hooks(context: InitContext, kind: str, status: str) -> None:
+    if not context.spec.get("hooks"):
+        return
     from kakoi.runtime import hooks
 
     if hooks.has(context.spec, kind):
