@@ -30,15 +30,15 @@ def kakoi_cgroups() -> set[str]:
             | set(glob.glob(f"/sys/fs/cgroup/{CGROUP_PARENT}/*/")))
 
 
-def mount_table() -> list[str]:
-    """Return the host's mounts that kakoi could have made: overlays and anything named kakoi.
+def mount_table(root) -> list[str]:
+    """Return the host's mounts that name a path in the store at root.
 
-    Mount ids are left out, and so are other mounts, which other programs on the host
-    may add or remove while the tests run.
+    Every mount that kakoi makes for a container does: the overlay's layer, upper and
+    work dirs, and the bind mounts of the container's /etc files. Mount ids are left
+    out, and so are other mounts, which other programs on the host may change meanwhile.
     """
     with open("/proc/self/mountinfo") as file:
-        return sorted(" ".join(line.split()[3:]) for line in file
-                      if "kakoi" in line or " overlay " in line)
+        return sorted(" ".join(line.split()[3:]) for line in file if str(root) in line)
 
 
 class Kakoi:
@@ -78,13 +78,13 @@ def kakoi(tmp_path_factory, busybox_archives) -> Kakoi:
 
 
 @pytest.fixture
-def clean_host():
+def clean_host(kakoi):
     """Fail the test if it leaves a kakoi cgroup or a new mount behind."""
     cgroups_before = kakoi_cgroups()
-    mounts_before = mount_table()
+    mounts_before = mount_table(kakoi.root)
     yield
     assert kakoi_cgroups() - cgroups_before == set()
-    assert mount_table() == mounts_before
+    assert mount_table(kakoi.root) == mounts_before
 
 
 def container_pid(container_id: str) -> int | None:

@@ -415,13 +415,13 @@ def test_kill_9_of_kakoi_is_cleaned_by_next_command(kakoi, clean_host):
 
 def test_hundred_runs_leave_nothing(kakoi):
     cgroups_before = kakoi_cgroups()
-    mounts_before = mount_table()
+    mounts_before = mount_table(kakoi.root)
     containers_before = sorted(os.listdir(kakoi.root / "containers"))
     for index in range(100):
         result = kakoi("run", "--rm", "busybox", "true")
         assert result.returncode == 0, f"run {index}: {result.stderr}"
     assert kakoi_cgroups() == cgroups_before
-    assert mount_table() == mounts_before
+    assert mount_table(kakoi.root) == mounts_before
     assert sorted(os.listdir(kakoi.root / "containers")) == containers_before
 
 
