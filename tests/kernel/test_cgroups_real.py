@@ -257,3 +257,208 @@ def test_mount_container_view(layout, cgroup_path, children, tmp_path):
         assert str(rootfs) not in Path("/proc/self/mountinfo").read_text()
     finally:
         _destroy(cgroup)
+
+
+def _join_and_sleep(cgroup: Cgroup):
+    def body(write_fd):
+        cgroup.add_process(0)
+        os.write(write_fd, b'{"joined": true}\n')
+        time.sleep(60)
+    return body
+
+
+def _join_and_open(cgroup: Cgroup, versions: tuple[int, ...] = (1, 2)):
+    """Return a child body that joins cgroup and reports the errno of opening each device."""
+    def body(write_fd):
+        cgroup.add_process(0, versions)
+        report = {}
+        # Only /dev/null and /dev/zero, read-only: harmless wherever the rules let them open.
+        for path in ("/dev/null", "/dev/zero"):
+            try:
+                os.close(os.open(path, os.O_RDONLY))
+                report[path] = 0
+            except OSError as exc:
+                report[path] = exc.errno
+        os.write(write_fd, json.dumps(report).encode() + b"\n")
+    return body
+
+
+def _open_report(children: list[int], body) -> dict:
+    pid, read_fd = _fork(children, body)
+    report = _read_report(read_fd)
+    os.waitpid(pid, 0)
+    children.remove(pid)
+    return report
+
+
+def test_freeze_and_thaw(layout, cgroup_path, children):
+    cgroup = None
+    try:
+        cgroup = Cgroup.create(layout, cgroup_path, Resources())
+        pid, read_fd = _fork(children, _join_and_sleep(cgroup))
+        assert _read_report(read_fd) == {"joined": True}
+        assert cgroup.state() == "thawed"
+
+        cgroup.freeze()
+
+        assert cgroup.state() == "frozen"
+        if layout.mode == "v2":
+            assert "frozen 1" in Path(cgroup.directory(""), "cgroup.events").read_text()
+        else:
+            assert Path(cgroup.directory("freezer"), "freezer.state").read_text().strip() == "FROZEN"
+
+        cgroup.thaw()
+
+        assert cgroup.state() == "thawed"
+        if layout.mode != "v2":
+            assert Path(cgroup.directory("freezer"), "freezer.state").read_text().strip() == "THAWED"
+        # A thawed child still takes a signal and dies at once.
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        children.remove(pid)
+        assert os.WTERMSIG(status) == signal.SIGTERM
+    finally:
+        _destroy(cgroup)
+
+
+def test_update_live_memory_limit(layout, cgroup_path, children):
+    cgroup = None
+    try:
+        cgroup = Cgroup.create(layout, cgroup_path, Resources(memory_limit=64 * MIB,
+                                                                memory_swap=64 * MIB))
+        _, read_fd = _fork(children, _join_and_sleep(cgroup))
+        assert _read_report(read_fd) == {"joined": True}
+
+        # Raising both limits at once needs memory+swap written first on v1.
+        cgroup.update(Resources(memory_limit=128 * MIB, memory_swap=256 * MIB))
+        assert _limit_file(layout, cgroup).read_text().strip() == str(128 * MIB)
+
+        cgroup.update(Resources(memory_limit=96 * MIB, pids_limit=50))
+        assert _limit_file(layout, cgroup).read_text().strip() == str(96 * MIB)
+        assert Path(cgroup.directory("pids"), "pids.max").read_text().strip() == "50"
+    finally:
+        _destroy(cgroup)
+
+
+def test_stats_of_live_cgroup(layout, cgroup_path, children):
+    cgroup = None
+    try:
+        cgroup = Cgroup.create(layout, cgroup_path, Resources(memory_limit=64 * MIB,
+                                                                pids_limit=10))
+        _, read_fd = _fork(children, _join_and_sleep(cgroup))
+        assert _read_report(read_fd) == {"joined": True}
+
+        stats = cgroup.stats()
+
+        assert stats["pids"] == {"current": 1, "limit": 10}
+        assert stats["memory"]["usage"]["usage"] > 0
+        assert stats["memory"]["usage"]["limit"] == 64 * MIB
+        assert stats["cpu"]["usage"]["total"] > 0
+        assert "raw" in stats["memory"]
+        json.dumps(stats)
+    finally:
+        _destroy(cgroup)
+
+
+def test_v1_devices_deny_and_allow(layout, cgroup_path, children):
+    if layout.mode == "v2" or not layout.available("devices"):
+        pytest.skip("needs the cgroup v1 devices controller")
+
+    from kakoi.kernel.cgroups import DeviceRule
+
+    cgroup = None
+    try:
+        deny_null = [DeviceRule(False), DeviceRule(True, "c", 1, 5, "rwm")]
+        cgroup = Cgroup.create(layout, cgroup_path, Resources(devices=deny_null))
+        devices_list = Path(cgroup.directory("devices"), "devices.list").read_text().split("\n")
+        assert "c 1:5 rwm" in devices_list
+
+        report = _open_report(children, _join_and_open(cgroup))
+        assert report == {"/dev/null": errno.EPERM, "/dev/zero": 0}
+
+        cgroup.update(Resources(devices=[DeviceRule(False), DeviceRule(True, "c", 1, 3, "r")]))
+        report = _open_report(children, _join_and_open(cgroup))
+        assert report == {"/dev/null": 0, "/dev/zero": errno.EPERM}
+    finally:
+        _destroy(cgroup)
+
+
+@pytest.fixture
+def unified_layout(layout):
+    """The host's cgroup2 tree as a pure v2 layout; on a hybrid host, its empty v2 tree."""
+    if layout.unified is None:
+        pytest.skip("needs a cgroup2 mount")
+    if layout.mode == "v2":
+        return layout
+    return detect(layout.unified)
+
+
+def test_v2_device_program(unified_layout, children):
+    """Device rules on cgroup v2 are a BPF program, which also works in a hybrid v2 tree."""
+    from kakoi.kernel.cgroups import DeviceRule, devices_bpf
+
+    path = f"kakoi-test-{uuid.uuid4().hex[:12]}"
+    if unified_layout.root == "/sys/fs/cgroup":
+        path = f"kakoi/{path}"
+    cgroup = None
+    try:
+        deny_null = [DeviceRule(False), DeviceRule(True, "c", 1, 5, "rwm")]
+        cgroup = Cgroup.create(unified_layout, path, Resources(devices=deny_null))
+        directory = cgroup.directory("")
+        assert len(devices_bpf.attached_programs(directory)) == 1
+
+        report = _open_report(children, _join_and_open(cgroup, versions=(2,)))
+        assert report == {"/dev/null": errno.EPERM, "/dev/zero": 0}
+
+        # An update replaces the program, because attached programs must all allow.
+        cgroup.update(Resources(devices=[DeviceRule(False), DeviceRule(True, "c", 1, 3, "r")]))
+        assert len(devices_bpf.attached_programs(directory)) == 1
+
+        report = _open_report(children, _join_and_open(cgroup, versions=(2,)))
+        assert report == {"/dev/null": 0, "/dev/zero": errno.EPERM}
+    finally:
+        _destroy(cgroup)
+
+
+def test_v2_freeze_in_unified_tree(unified_layout, children):
+    path = f"kakoi-test-{uuid.uuid4().hex[:12]}"
+    if unified_layout.root == "/sys/fs/cgroup":
+        path = f"kakoi/{path}"
+    cgroup = None
+    try:
+        cgroup = Cgroup.create(unified_layout, path, Resources())
+        if not os.path.exists(os.path.join(cgroup.directory(""), "cgroup.freeze")):
+            pytest.skip("needs cgroup.freeze (Linux 5.2 or later)")
+
+        def join_v2_and_sleep(write_fd):
+            cgroup.add_process(0, (2,))
+            os.write(write_fd, b'{"joined": true}\n')
+            time.sleep(60)
+
+        pid, read_fd = _fork(children, join_v2_and_sleep)
+        assert _read_report(read_fd) == {"joined": True}
+
+        cgroup.freeze()
+        assert cgroup.state() == "frozen"
+        assert "frozen 1" in Path(cgroup.directory(""), "cgroup.events").read_text()
+
+        cgroup.thaw()
+        assert cgroup.state() == "thawed"
+        assert "frozen 0" in Path(cgroup.directory(""), "cgroup.events").read_text()
+    finally:
+        _destroy(cgroup)
+
+
+def test_v1_blkio_weight_on_this_scheduler(layout, cgroup_path):
+    if layout.mode == "v2" or not layout.available("blkio"):
+        pytest.skip("needs the cgroup v1 blkio controller")
+
+    cgroup = None
+    try:
+        cgroup = Cgroup.create(layout, cgroup_path, Resources(blkio_weight=300))
+        directory = Path(cgroup.directory("blkio"))
+        name = "blkio.weight" if (directory / "blkio.weight").exists() else "blkio.bfq.weight"
+        # blkio.bfq.weight reads back as "default 300" on recent kernels.
+        assert (directory / name).read_text().split()[-1] == "300"
+    finally:
+        _destroy(cgroup)

@@ -9,12 +9,13 @@ kakoi.log and kakoi.kernel.libc. Every path it takes or returns is a str, becaus
 
 from .cgroup import Cgroup, list_children, normalize_path
 from .layout import Hierarchy, Layout, detect
-from .resources import Resources
+from .resources import DeviceRule, Resources
 from .v2 import shares_to_weight, swap_max
 from .view import mount_container_view
 
 __all__ = [
     "Cgroup",
+    "DeviceRule",
     "Hierarchy",
     "Layout",
     "Resources",

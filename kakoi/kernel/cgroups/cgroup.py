@@ -17,6 +17,7 @@ from .resources import Resources
 from .writers import Writer
 
 DESTROY_TIMEOUT = 5.0
+FREEZE_TIMEOUT = 5.0
 
 # signal.SIGKILL, which is 9 on every Linux architecture. Importing the signal module
 # would also import enum, about 4 ms, for this one number.
@@ -108,6 +109,72 @@ class Cgroup:
 
             if hierarchy.version == 1 and "cpuset" in hierarchy.controllers:
                 v1.fill_cpuset(current)
+
+    def update(self, resources: Resources) -> None:
+        """Write new limits to the existing cgroup. Unset fields keep their current values.
+
+        The same writers and checks as `create` apply, including the v1 order of the
+        memory and memory+swap writes against the values the cgroup has now.
+
+        Raises:
+            CgroupError: a value is invalid, needs a controller that the host lacks, or
+                the kernel rejected a write. Limits written before the failure stay.
+        """
+        resources.validate()
+        writers = v2.WRITERS if self.layout.mode == "v2" else v1.WRITERS
+        _required_controllers(self.layout, writers, resources)
+        if not any(os.path.isdir(directory) for directory in self.directories):
+            raise CgroupError(f"update cgroup {self.path}: it does not exist under "
+                              f"{self.layout.root}")
+
+        log.debug("update cgroup %s with %r", self.path, resources, name=__name__)
+        self._write_limits(writers, resources)
+
+    def freeze(self, timeout: float = FREEZE_TIMEOUT) -> None:
+        """Stop every process in the cgroup and wait until the kernel reports it frozen.
+
+        Raises:
+            CgroupError: the host has no freezer, or the cgroup did not freeze within
+                timeout seconds; it is thawed again before the error.
+        """
+        from . import freezer
+
+        freezer.freeze(self._freezer_directory(), self.layout.mode == "v2", timeout)
+
+    def thaw(self, timeout: float = FREEZE_TIMEOUT) -> None:
+        """Let the processes of a frozen cgroup run again."""
+        from . import freezer
+
+        freezer.thaw(self._freezer_directory(), self.layout.mode == "v2", timeout)
+
+    def state(self) -> str:
+        """Return "frozen" or "thawed"; a host without a freezer reports "thawed"."""
+        from . import freezer
+
+        directory = self._freezer_directory(required=False)
+        if directory is None:
+            return "thawed"
+        return freezer.state(directory, self.layout.mode == "v2")
+
+    def _freezer_directory(self, required: bool = True) -> str | None:
+        controller = "" if self.layout.mode == "v2" else "freezer"
+        directory = self.directory(controller)
+        if directory is None and required:
+            raise CgroupError(f"freeze cgroup {self.path}: the freezer controller is not "
+                              f"mounted on this host ({self.layout.mode})")
+        return directory
+
+    def stats(self) -> dict:
+        """Return usage counters shaped like runc's `events --stats` data.
+
+        The keys are "cpu", "memory", "pids", "blkio" and "hugetlb". Inside them, a
+        counter whose file the kernel does not offer is left out.
+        """
+        from . import stats
+
+        if self.layout.mode == "v2":
+            return stats.read_v2(os.path.join(self.layout.unified, self.path))
+        return stats.read_v1(self.directory)
 
     def _write_limits(self, writers: tuple[Writer, ...], resources: Resources) -> None:
         for writer in writers:
@@ -254,6 +321,9 @@ def _required_controllers(layout: Layout, writers: tuple[Writer, ...],
 
     required = set()
     for writer in writers:
+        if writer.check is not None:
+            writer.check(resources)
+
         fields = writer.required_fields(resources)
         if not fields:
             continue
@@ -262,6 +332,13 @@ def _required_controllers(layout: Layout, writers: tuple[Writer, ...],
             raise CgroupError(f"{fields[0]} needs the {writer.controller} cgroup controller, "
                               f"which is not available on this host ({layout.mode})")
         required.add(writer.controller)
+
+    if layout.mode == "v2":
+        for controller, key in v2.unified_controllers(resources).items():
+            if not layout.available(controller):
+                raise CgroupError(f"unified resource {key!r} needs the {controller} cgroup "
+                                  f"controller, which is not available on this host")
+            required.add(controller)
     return required
 
 

@@ -25,7 +25,7 @@ V1_CONTROLLERS = frozenset({
 # "systemd" hierarchy, as runc does, so that the container's view of it starts at its own
 # cgroup instead of the host's root.
 USED_V1_CONTROLLERS = frozenset({
-    "blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "memory", "pids",
+    "blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "hugetlb", "memory", "pids",
 })
 USED_V1_NAMES = frozenset({"systemd"})
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from kakoi import log
+from kakoi.errors import CgroupError
+
 from .resources import Resources
 
 TYPE_CHECKING = False
@@ -14,24 +17,31 @@ class Writer:
 
     `fields` names the Resources fields that this writer applies. `needs` returns the
     subset of them whose values require the controller, because an unlimited pids_limit,
-    for example, needs no pids controller. `apply` gets the directory as a str path.
+    for example, needs no pids controller. `check` raises CgroupError for a value that
+    this cgroup version cannot apply; it runs before any directory is made. `apply` gets
+    the directory as a str path. An empty controller name means the files belong to
+    every cgroup (cgroup.freeze, the v2 device program), not to a controller.
     """
 
-    __slots__ = ("controller", "fields", "apply", "needs")
+    __slots__ = ("controller", "fields", "apply", "needs", "check")
 
     def __init__(self, controller: str, fields: tuple[str, ...],
                  apply: Callable[[str, Resources], None],
-                 needs: Callable[[Resources], list[str]] | None = None):
+                 needs: Callable[[Resources], list[str]] | None = None,
+                 check: Callable[[Resources], None] | None = None):
         self.controller = controller
         self.fields = fields
         self.apply = apply
         self.needs = needs
+        self.check = check
 
     def __repr__(self) -> str:
         return f"Writer({self.controller!r}, {self.fields!r})"
 
     def required_fields(self, resources: Resources) -> list[str]:
         """Return the set fields that cannot be applied without this controller."""
+        if not self.controller:
+            return []
         if self.needs is not None:
             return self.needs(resources)
         return [name for name in self.fields if getattr(resources, name) is not None]
@@ -47,3 +57,45 @@ def limited_pids(resources: Resources) -> list[str]:
 def pids_max(limit: int) -> str:
     """Format pids.max: zero or a negative limit means no limit."""
     return "max" if limit <= 0 else str(limit)
+
+
+def device_line(major: int, minor: int, value) -> str:
+    """Format a per-device line such as "8:0 1048576"."""
+    return f"{major}:{minor} {value}"
+
+
+def reject_set(resources: Resources, names: tuple[str, ...], version: str) -> None:
+    """Raise CgroupError for the first of names that is set, which version cannot apply."""
+    for name in names:
+        value = getattr(resources, name)
+        if value is not None:
+            raise CgroupError(f"{name} {value} is not supported on cgroup {version}: "
+                              "remove it from the resources")
+
+
+def ignore_kernel_memory(resources: Resources) -> None:
+    """Log that kernel memory limits are ignored, as runc 1.0 and later ignore them.
+
+    Linux 5.4 deprecated the kmem limit, and setting it could exhaust kernel memory
+    accounting ids on older kernels.
+    """
+    for name in ("memory_kernel", "memory_kernel_tcp"):
+        value = getattr(resources, name)
+        if value is not None:
+            log.warning("%s %d is ignored: kernel memory limits are deprecated", name, value,
+                        name=__name__)
+
+
+def memory_extras_needed(resources: Resources, fields: tuple[str, ...]) -> list[str]:
+    """Return the set memory fields whose values change something, for Writer.needs."""
+    needed = []
+    for name in fields:
+        value = getattr(resources, name)
+        if value is None or name in ("memory_kernel", "memory_kernel_tcp"):
+            continue
+        if name == "memory_swappiness" and value == -1:
+            continue
+        if name == "memory_disable_oom_killer" and not value:
+            continue
+        needed.append(name)
+    return needed
