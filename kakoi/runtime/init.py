@@ -60,6 +60,8 @@ def child_main(context: InitContext) -> None:
     """Run the init sequence and exec the user program; never returns."""
     status = 125
     try:
+        if "user" in oci.namespaces(context.spec):
+            _become_init_under_user_namespace(context)
         _run(context)
     except CommandNotFound as error:
         status = _report(context.sock, "not_found", error)
@@ -113,8 +115,8 @@ def _run(context: InitContext) -> None:
     # can wait for an RCU grace period (7-15 ms here); only the cgroup namespace has to
     # wait for it.
     cgroup_namespace = namespaces.pop("cgroup", False)
-    if context.cgroup is not None:
-        context.cgroup.add_process(0, versions=(1,))
+    if namespaces.pop("user", False) is False and context.cgroup is not None:
+        context.cgroup.add_process(0, versions=(1,))  # else done before the user namespace
     _enter_namespaces(namespaces)
     if not context.no_new_keyring:
         libc.join_session_keyring(context.container_id or None)
@@ -231,11 +233,73 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
+def _become_init_under_user_namespace(context: InitContext) -> None:
+    """Enter the user namespace, then fork the real init into new pid and time namespaces.
+
+    A pid namespace must belong to the container's user namespace, or the container
+    cannot mount its /proc, so it can only be made after that user namespace. This
+    process makes both, forks init as PID 1, tells the parent init's pid, and exits;
+    the parent, a child subreaper, inherits init. Only init returns from here.
+    """
+    namespaces = oci.namespaces(context.spec)
+    if context.cgroup is not None:
+        # Before the user namespace: inside it the host's cgroup files are not ours.
+        context.cgroup.add_process(0, versions=(1,))
+    _enter_user_namespace(context.sock, namespaces["user"])
+    for kind in ("pid", "time"):
+        if kind not in namespaces:
+            continue
+        path = namespaces[kind]
+        if path is None:
+            libc.unshare(oci.NAMESPACE_FLAGS[kind])
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                libc.setns(fd, oci.NAMESPACE_FLAGS[kind])
+            finally:
+                os.close(fd)
+        if kind == "time" and path is None:
+            _write_time_offsets(context.spec.get("linux", {}).get("timeOffsets") or {})
+    init_pid = os.fork()
+    if init_pid != 0:
+        sync.send(context.sock, {"type": "init", "pid": init_pid})
+        os._exit(0)
+
+
+def _write_time_offsets(offsets: dict) -> None:
+    """Set a new time namespace's clock offsets, before any process enters it."""
+    lines = [f"{clock} {offsets[clock].get('secs', 0)} {offsets[clock].get('nanosecs', 0)}"
+             for clock in ("monotonic", "boottime") if offsets.get(clock)]
+    if lines:
+        with open("/proc/self/timens_offsets", "w") as file:
+            file.write("\n".join(lines) + "\n")
+
+
+def _enter_user_namespace(sock: socket.socket, path: str | None) -> None:
+    """Join or make the user namespace, and become its root (uid and gid 0)."""
+    if path is None:
+        libc.unshare(libc.CLONE_NEWUSER)
+        # Only a process outside the namespace can write its id maps: the parent does.
+        sync.send(sock, {"type": "user-namespace"})
+        _expect(sock, "mapped")
+    else:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            libc.setns(fd, libc.CLONE_NEWUSER)
+        finally:
+            os.close(fd)
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    # Changing ids made the process non-dumpable, which hands its /proc files to the
+    # host's root; the next steps write some (timens_offsets), and init resets it later.
+    libc.prctl(libc.PR_SET_DUMPABLE, 1)
+
+
 def _enter_namespaces(namespaces: dict[str, str | None]) -> None:
     unshare_flags = 0
     for kind, path in namespaces.items():
-        if kind == "pid":
-            continue  # the parent set the pid namespace up before fork
+        if kind in ("pid", "time"):
+            continue  # the parent set these up before fork: they apply to its children
         if path is None:
             unshare_flags |= oci.NAMESPACE_FLAGS[kind]
             continue
@@ -267,7 +331,9 @@ def _setup_filesystem(context: InitContext, linux: dict, process: dict,
             if mount.get("type") == "cgroup":
                 enter_cgroup_namespace()  # the view must show the container's own cgroup
             rootfs_setup.mount_entry(rootfs, root_fd, mount, context.cgroup_mounter)
-        rootfs_setup.create_devices(root_fd, linux.get("devices", []))
+        in_user_namespace = "user" in oci.namespaces(context.spec)
+        rootfs_setup.create_devices(root_fd, linux.get("devices", []),
+                                    bind=in_user_namespace)
         # runc creates a missing working directory, as Docker's WORKDIR expects.
         os.close(paths.open_in_root(root_fd, process.get("cwd", "/"), create="dir"))
     finally:

@@ -86,8 +86,13 @@ def create(container_id: str, spec: dict, bundle: str, *, rootfs_mounts: list[di
                               bundle=bundle, exec_fifo=exec_fifo, no_pivot=no_pivot,
                               no_new_keyring=no_new_keyring, preserve_fds=preserve_fds,
                               seccomp=seccomp)
-        pid = _fork_init(namespaces.get("pid", False), context, parent_sock)
-        child_sock.close()
+        if "user" in namespaces:
+            pid = _fork_under_user_namespace(namespaces, context, parent_sock, child_sock,
+                                             spec.get("linux", {}))
+        else:
+            pid = _fork_init(namespaces, spec.get("linux", {}).get("timeOffsets"), context,
+                             parent_sock)
+            child_sock.close()
         if cgroup is not None:
             cgroup.add_process(pid, versions=(2,))
         sync.send(parent_sock, {"type": "joined"})
@@ -132,57 +137,183 @@ def _create_cgroup(container_id: str, spec: dict):
     def mount_view(target: str, readonly: bool) -> None:
         cgroups.mount_container_view(layout, target, read_only=readonly)
 
-    return cgroup, mount_view
+    def bind_view(target: str, readonly: bool) -> None:
+        """Show the container's cgroups by bind mounts, for a user namespace.
+
+        Mounting a v1 cgroup filesystem needs CAP_SYS_ADMIN in the host's user
+        namespace, so there the container gets its own directories bind-mounted.
+        """
+        flags = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+        libc.mount("tmpfs", target, "tmpfs", flags, "mode=755")
+        for hierarchy in layout.hierarchies():
+            name = os.path.basename(hierarchy.mount_point)
+            destination = os.path.join(target, name)
+            os.mkdir(destination, 0o755)
+            libc.mount(os.path.join(hierarchy.mount_point, cgroup.path), destination, None,
+                       libc.MS_BIND)
+            if readonly:
+                libc.mount(None, destination, None,
+                           libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | flags)
+        if readonly:
+            libc.mount(None, target, None, libc.MS_REMOUNT | libc.MS_RDONLY | flags, "mode=755")
+
+    in_user_namespace = "user" in oci.namespaces(spec)
+    return cgroup, bind_view if in_user_namespace else mount_view
 
 
 def resources_from_spec(resources: dict):
-    """Convert the spec's linux.resources into the cgroup layer's Resources."""
-    from kakoi.kernel.cgroups import Resources
+    """Convert the spec's linux.resources into the cgroup layer's Resources.
 
-    memory = resources.get("memory", {})
-    cpu = resources.get("cpu", {})
-    pids = resources.get("pids", {})
+    Every field of the spec is passed on, so that one the cgroup layer cannot apply
+    raises there instead of being dropped here.
+    """
+    from kakoi.kernel.cgroups import DeviceRule, Resources
+
+    known = {"memory", "cpu", "pids", "blockIO", "hugepageLimits", "devices", "unified",
+             "network", "rdma"}
+    unknown = set(resources) - known
+    if unknown:
+        raise InvalidSpecError(f"unknown field linux.resources.{sorted(unknown)[0]}")
+    for unsupported in ("network", "rdma"):
+        if resources.get(unsupported):
+            raise NotSupportedError(f"linux.resources.{unsupported} is not supported: kakoi "
+                                    "has no net_cls, net_prio or rdma cgroup support")
+    memory = resources.get("memory") or {}
+    cpu = resources.get("cpu") or {}
+    block_io = resources.get("blockIO") or {}
     try:
         result = Resources(
             memory_limit=memory.get("limit"), memory_swap=memory.get("swap"),
             memory_reservation=memory.get("reservation"),
             cpu_shares=cpu.get("shares"), cpu_quota=cpu.get("quota"),
             cpu_period=cpu.get("period"), cpuset_cpus=cpu.get("cpus"),
-            cpuset_mems=cpu.get("mems"), pids_limit=pids.get("limit"))
+            cpuset_mems=cpu.get("mems"), pids_limit=(resources.get("pids") or {}).get("limit"),
+            memory_kernel=memory.get("kernel"), memory_kernel_tcp=memory.get("kernelTCP"),
+            memory_swappiness=memory.get("swappiness"),
+            memory_disable_oom_killer=memory.get("disableOOMKiller"),
+            memory_use_hierarchy=memory.get("useHierarchy"),
+            cpu_burst=cpu.get("burst"), cpu_realtime_runtime=cpu.get("realtimeRuntime"),
+            cpu_realtime_period=cpu.get("realtimePeriod"), cpu_idle=cpu.get("idle"),
+            blkio_weight=block_io.get("weight"), blkio_leaf_weight=block_io.get("leafWeight"),
+            blkio_weight_device=_device_weights(block_io.get("weightDevice")),
+            blkio_throttle_read_bps=_throttles(block_io.get("throttleReadBpsDevice")),
+            blkio_throttle_write_bps=_throttles(block_io.get("throttleWriteBpsDevice")),
+            blkio_throttle_read_iops=_throttles(block_io.get("throttleReadIOPSDevice")),
+            blkio_throttle_write_iops=_throttles(block_io.get("throttleWriteIOPSDevice")),
+            hugepage_limits=[(entry["pageSize"], entry["limit"])
+                             for entry in resources.get("hugepageLimits") or []] or None,
+            devices=_device_rules(DeviceRule, resources.get("devices")),
+            unified=resources.get("unified") or None)
         result.validate()
-    except (TypeError, ValueError, CgroupError) as error:
+    except (TypeError, ValueError, KeyError, CgroupError) as error:
         raise InvalidSpecError(f"invalid linux.resources: {error}")
     return result
 
 
-def _fork_init(pid_namespace, context: InitContext, parent_sock: socket.socket) -> int:
-    """Fork init into its pid namespace and return its pid as the host sees it.
+def _device_weights(entries):
+    if not entries:
+        return None
+    return [(entry["major"], entry["minor"], entry.get("weight"), entry.get("leafWeight"))
+            for entry in entries]
 
-    unshare(CLONE_NEWPID) affects only the caller's later children, so the runtime
-    makes the namespace, forks init as its PID 1, then returns its own
-    pid_for_children to where it was with setns, so later forks stay on the host.
+
+def _throttles(entries):
+    if not entries:
+        return None
+    return [(entry["major"], entry["minor"], entry["rate"]) for entry in entries]
+
+
+def _device_rules(rule_class, entries):
+    if entries is None:
+        return None
+    return [rule_class(entry.get("allow", False), entry.get("type") or "a",
+                       entry.get("major"), entry.get("minor"), entry.get("access") or "rwm")
+            for entry in entries]
+
+
+def _fork_init(namespaces: dict, time_offsets: dict | None, context: InitContext,
+               parent_sock: socket.socket) -> int:
+    """Fork init into its pid and time namespaces; return its pid as the host sees it.
+
+    unshare(CLONE_NEWPID) and unshare(CLONE_NEWTIME) affect only the caller's later
+    children, so the runtime makes the namespaces (or joins the given ones), forks
+    init into them, then returns its own *_for_children to where they were with setns,
+    so that its later forks stay on the host.
     """
-    own_namespace = None
-    if pid_namespace is not False:
-        own_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        if pid_namespace is None:
-            libc.unshare(libc.CLONE_NEWPID)
-        else:
-            target = os.open(pid_namespace, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                libc.setns(target, libc.CLONE_NEWPID)
-            finally:
-                os.close(target)
+    restore = []
     try:
+        for kind in ("pid", "time"):
+            if kind not in namespaces:
+                continue
+            restore.append((kind, os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)))
+            _enter_for_children(kind, namespaces[kind])
+            if kind == "time" and namespaces[kind] is None:
+                from kakoi.runtime.init import _write_time_offsets
+                _write_time_offsets(time_offsets or {})
         pid = os.fork()
         if pid == 0:
             parent_sock.close()
             child_main(context)
         return pid
     finally:
-        if own_namespace is not None:
-            libc.setns(own_namespace, libc.CLONE_NEWPID)
-            os.close(own_namespace)
+        for kind, fd in restore:
+            libc.setns(fd, oci.NAMESPACE_FLAGS[kind])
+            os.close(fd)
+
+
+def _fork_under_user_namespace(namespaces: dict, context: InitContext,
+                               parent_sock: socket.socket, child_sock: socket.socket,
+                               linux: dict) -> int:
+    """Fork the process that makes the user namespace and then init (see init.py)."""
+    # init outlives its parent, the intermediate process; as a subreaper this process
+    # inherits it and can wait for it.
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+    intermediate = os.fork()
+    if intermediate == 0:
+        parent_sock.close()
+        child_main(context)
+    child_sock.close()
+    try:
+        if namespaces["user"] is None:
+            _map_user_namespace(parent_sock, intermediate, linux)
+        message, _ = sync.receive(parent_sock)
+        if message is None or message.get("type") != "init":
+            raise _error_from(message or {"message": "the process that makes the user "
+                                                     "namespace exited"})
+        return int(message["pid"])
+    finally:
+        os.waitpid(intermediate, 0)
+
+
+def _enter_for_children(kind: str, path: str | None) -> None:
+    flag = oci.NAMESPACE_FLAGS[kind]
+    if path is None:
+        libc.unshare(flag)
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.setns(fd, flag)
+    finally:
+        os.close(fd)
+
+
+def _map_user_namespace(sock: socket.socket, pid: int, linux: dict) -> None:
+    """Write the id maps of init's new user namespace, which only a process outside can do."""
+    message, _ = sync.receive(sock)
+    if message is None or message.get("type") != "user-namespace":
+        if message is not None and message.get("type") == "error":
+            raise _error_from(message)
+        raise ContainerError("container init exited before its user namespace was mapped")
+    for kind, key in (("uid", "uidMappings"), ("gid", "gidMappings")):
+        lines = "".join(f"{entry['containerID']} {entry['hostID']} {entry['size']}\n"
+                        for entry in linux.get(key, []))
+        try:
+            with open(f"/proc/{pid}/{kind}_map", "w") as file:
+                file.write(lines)
+        except OSError as error:
+            raise InvalidSpecError(f"cannot write linux.{key} of the user namespace: "
+                                   f"{error.strerror}")
+    sync.send(sock, {"type": "mapped"})
 
 
 def _wait_ready(sock: socket.socket, pid: int, spec: dict, container_id: str,

@@ -143,15 +143,33 @@ def _populate_dev_links(root_fd: int) -> None:
         os.close(dev_fd)
 
 
-def create_devices(root_fd: int, devices: list[dict]) -> None:
-    """mknod the default devices and the spec's linux.devices inside rootfs/dev."""
+def create_devices(root_fd: int, devices: list[dict], bind: bool = False) -> None:
+    """Make the default devices and the spec's linux.devices inside rootfs/dev.
+
+    With bind (in a user namespace, where mknod is not allowed), each device is the
+    host's node of the same path, bind-mounted, as runc does.
+    """
     wanted = {path: {"path": path, "type": "c", "major": major, "minor": minor,
                      "fileMode": 0o666, "uid": 0, "gid": 0}
               for path, major, minor in DEFAULT_DEVICES}
     for device in devices:
         wanted[device["path"]] = device
     for device in wanted.values():
-        _make_device(root_fd, device)
+        if bind:
+            _bind_device(root_fd, device)
+        else:
+            _make_device(root_fd, device)
+
+
+def _bind_device(root_fd: int, device: dict) -> None:
+    if not os.path.exists(device["path"]):
+        raise InvalidSpecError(f"device {device['path']} cannot be bind-mounted in a user "
+                               "namespace: the host has no node at that path")
+    target_fd = paths.open_in_root(root_fd, device["path"], create="file")
+    try:
+        libc.mount(device["path"], paths.fd_path(target_fd), None, libc.MS_BIND)
+    finally:
+        os.close(target_fd)
 
 
 def _make_device(root_fd: int, device: dict) -> None:

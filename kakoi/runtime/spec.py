@@ -117,10 +117,9 @@ def _validate_linux(spec: dict) -> None:
         raise InvalidSpecError("setting hostname needs a new uts namespace")
     if linux.get("sysctl") and "ipc" not in types and "network" not in types:
         pass  # per-key checks happen when the value is written
-    if linux.get("uidMappings") or linux.get("gidMappings") or "user" in types:
-        raise NotSupportedError("user namespaces are not supported by kakoi yet")
-    if "time" in types or linux.get("timeOffsets"):
-        raise NotSupportedError("time namespaces are not supported by kakoi yet")
+    _validate_user_namespace(linux, types)
+    if linux.get("timeOffsets") and "time" not in types:
+        raise InvalidSpecError("linux.timeOffsets needs a new time namespace")
     if linux.get("intelRdt"):
         raise NotSupportedError("linux.intelRdt is not supported by kakoi")
     if spec.get("process", {}).get("selinuxLabel") or linux.get("mountLabel"):
@@ -131,6 +130,23 @@ def _validate_linux(spec: dict) -> None:
             personality_value(linux["personality"])
         except ValueError as error:
             raise InvalidSpecError(f"invalid linux.personality: {error}")
+
+
+def _validate_user_namespace(linux: dict, types: set[str]) -> None:
+    mappings = linux.get("uidMappings"), linux.get("gidMappings")
+    if any(mappings) and "user" not in types:
+        raise InvalidSpecError("linux.uidMappings and gidMappings need a user namespace")
+    new_user_namespace = "user" in types and not any(
+        ns.get("path") for ns in linux.get("namespaces", []) if ns.get("type") == "user")
+    if new_user_namespace and not all(mappings):
+        raise InvalidSpecError("a new user namespace needs both linux.uidMappings and "
+                               "linux.gidMappings")
+    for key in ("uidMappings", "gidMappings"):
+        for entry in linux.get(key) or []:
+            if not all(isinstance(entry.get(field), int) and entry[field] >= 0
+                       for field in ("containerID", "hostID", "size")):
+                raise InvalidSpecError(f"invalid linux.{key} entry {entry}: containerID, "
+                                       "hostID and size must be non-negative integers")
 
 
 def namespaces(spec: dict) -> dict[str, str | None]:
