@@ -94,6 +94,7 @@ def build(run: RunOptions, image_config: dict, container_id: str, layer_dirs: li
             "readonlyPaths": [] if run.privileged else READONLY_PATHS,
         },
     }
+    _check_values(run)
     if not run.cgroup_parent.strip("/") or ".." in run.cgroup_parent.split("/"):
         raise InvalidArgument(f"invalid --cgroup-parent {run.cgroup_parent!r}: use a path "
                               "such as kakoi or mygroup/sub")
@@ -103,6 +104,19 @@ def build(run: RunOptions, image_config: dict, container_id: str, layer_dirs: li
         if size:
             spec["process"]["consoleSize"] = size
     return spec
+
+
+def _check_values(run: RunOptions) -> None:
+    """Reject values that the kernel would refuse later with a less helpful message."""
+    if run.hostname is not None and (len(run.hostname) > 64 or not run.hostname):
+        raise InvalidArgument(f"invalid --hostname {run.hostname!r}: it must be 1 to 64 "
+                              "characters long")
+    if run.workdir is not None and not run.workdir.startswith("/"):
+        raise InvalidArgument(f"invalid --workdir {run.workdir!r}: it must be an absolute path")
+    if run.tty and run.interactive:
+        if not os.isatty(0):
+            raise InvalidArgument("the input device is not a TTY: drop -t, or run from a "
+                                  "terminal")
 
 
 def _command(run: RunOptions, config: dict) -> list[str]:
@@ -140,10 +154,13 @@ def _environment(run: RunOptions, config: dict, hostname: str, user) -> list[str
 
 def _namespaces(network: str) -> list[dict]:
     kinds = ["pid", "ipc", "uts", "mount", "cgroup"]
-    if network in ("none", "bridge", "default"):
+    if network == "none":
         # NOTE: there is no bridge network yet, so the default is a network namespace
         # with only loopback, as --network none gives.
         kinds.append("network")
+    elif network == "bridge":
+        raise NotSupportedError("--network bridge is not supported yet: kakoi has no bridge "
+                                "network; use none (the default) or host")
     elif network != "host":
         raise InvalidArgument(f"invalid --network {network!r}: use none or host")
     return [{"type": kind} for kind in kinds]
@@ -161,7 +178,7 @@ def _resources(run: RunOptions) -> dict:
     cpu = {}
     if cpu_quota:
         cpu["quota"], cpu["period"] = cpu_quota
-    if run.cpu_shares is not None:
+    if run.cpu_shares:  # 0 means the default weight, as in Docker
         if run.cpu_shares < 2:
             raise InvalidArgument(f"invalid --cpu-shares {run.cpu_shares}: the minimum is 2")
         cpu["shares"] = run.cpu_shares

@@ -8,14 +8,16 @@ from kakoi.engine.run import remove_directory
 from kakoi.errors import ContainerError
 
 
-def _alive(pid: int) -> bool:
+def _alive(record: dict) -> bool:
+    """Whether the container's init still runs: a zombie or a reused pid does not count."""
+    from kakoi.runtime.state import process_start_time
+
+    status = record["State"]
+    pid = status.get("Pid", 0)
     if pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    started = process_start_time(pid)
+    return started is not None and started == status.get("PidStartTime", started)
 
 
 def _refresh(root: str, record: dict) -> dict:
@@ -24,7 +26,7 @@ def _refresh(root: str, record: dict) -> dict:
     This happens when the kakoi process that ran it was killed before it could clean up.
     """
     status = record["State"]
-    if status["Status"] == "running" and not _alive(status.get("Pid", 0)):
+    if status["Status"] == "running" and not _alive(record):
         _remove_cgroup(record)
         status.update(Status="exited", Pid=0, ExitCode=status.get("ExitCode") or 137)
         state.write_record(os.path.join(state.containers_dir(root), record["Id"]), record)

@@ -31,9 +31,12 @@ def parse_size(text: str, flag: str) -> int:
 
 
 def parse_memory(text: str | None) -> int | None:
+    """Parse --memory; 0 means no limit, as in Docker."""
     if text is None:
         return None
     value = parse_size(text, "--memory")
+    if value == 0:
+        return None
     if value < MIN_MEMORY:
         raise InvalidArgument(f"--memory {text} is below the minimum of 6m")
     return value
@@ -63,6 +66,9 @@ def parse_cpus(text: str | None, period: int = 100000) -> tuple[int, int] | None
         raise InvalidArgument(f"invalid --cpus {text!r}: use a decimal number such as 0.5")
     if cpus <= 0:
         raise InvalidArgument(f"invalid --cpus {text!r}: it must be greater than 0")
+    if cpus * period < 1000:
+        raise InvalidArgument(f"invalid --cpus {text!r}: the minimum is 0.01, because the "
+                              "kernel's smallest CPU quota is 1 ms per 100 ms period")
     available = os.cpu_count() or 1
     if cpus > available:
         raise InvalidArgument(f"--cpus {text} exceeds the {available} CPUs of this host")
@@ -149,12 +155,36 @@ def parse_volume(text: str) -> dict:
             "source": os.path.realpath(source), "options": mount_options}
 
 
+_TMPFS_OPTIONS = {"size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "huge", "mpol"}
+_TMPFS_FLAGS = {"ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async",
+                "noatime", "atime", "nodiratime", "diratime", "relatime", "strictatime"}
+
+
 def parse_tmpfs(text: str) -> dict:
     """Parse /path[:options] into a tmpfs mount, with Docker's defaults nosuid,nodev,noexec."""
     destination, _, option_text = text.partition(":")
     if not destination.startswith("/"):
         raise InvalidArgument(f"invalid --tmpfs {text!r}: the path must be absolute")
+    if os.path.normpath(destination) == "/":
+        raise InvalidArgument(f"invalid --tmpfs {text!r}: a tmpfs cannot replace the root; "
+                              "use --read-only with --tmpfs on the paths that need writes")
     options = ["nosuid", "nodev", "noexec"]
-    options += [option for option in option_text.split(",") if option]
+    for option in option_text.split(","):
+        if not option:
+            continue
+        key, equals, value = option.partition("=")
+        if option in _TMPFS_FLAGS:
+            pass
+        elif key in _TMPFS_OPTIONS and equals and value:
+            if key == "mode" and not (value.isdigit() and set(value) <= set("01234567")):
+                raise InvalidArgument(f"invalid --tmpfs option {option!r} in {text!r}: "
+                                      "mode is an octal number such as 1777")
+            if key == "size" and not _SIZE.match(value.rstrip("%")):
+                raise InvalidArgument(f"invalid --tmpfs option {option!r} in {text!r}: "
+                                      "size is a number with k, m or g, or a percentage")
+        else:
+            raise InvalidArgument(f"invalid --tmpfs option {option!r} in {text!r}: use size, "
+                                  "mode, uid, gid, nr_inodes or a mount flag such as ro")
+        options.append(option)
     return {"destination": os.path.normpath(destination), "type": "tmpfs", "source": "tmpfs",
             "options": options}

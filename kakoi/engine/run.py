@@ -108,6 +108,7 @@ def overlay_mount(directory: str, layer_dirs: list[str]) -> dict:
 def _run_bundle(directory: str, record: dict, spec: dict, layer_dirs: list[str],
                 options: RunOptions) -> int:
     from kakoi.runtime import attach, process
+    from kakoi.runtime.state import process_start_time
 
     record["Command"] = spec["process"]["args"]
     record["CgroupsPath"] = spec["linux"]["cgroupsPath"]
@@ -125,7 +126,8 @@ def _run_bundle(directory: str, record: dict, spec: dict, layer_dirs: list[str],
             forwarder.target(container.pid)
             container.start()
             # Recorded after start, so that the write overlaps the program's run.
-            record["State"].update(Status="running", Pid=container.pid, StartedAt=state.now())
+            record["State"].update(Status="running", Pid=container.pid, StartedAt=state.now(),
+                                   PidStartTime=process_start_time(container.pid))
             state.write_record(directory, record)
             status = attach.wait(container.pid, container.console_fd, options.interactive)
             oom_killed = container.oom_killed()

@@ -9,10 +9,14 @@ serializes the commands that create or remove containers.
 import fcntl
 import json
 import os
+import re
 import time
 from contextlib import contextmanager
 
-from kakoi.errors import ContainerError
+from kakoi.errors import ContainerError, InvalidArgument
+
+# Docker's rule for container names.
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
 _ADJECTIVES = ("brave", "calm", "eager", "fond", "gentle", "keen", "lucid", "merry", "nimble",
                "proud", "quiet", "sharp", "steady", "swift", "tidy", "vivid", "warm", "witty")
@@ -84,7 +88,10 @@ def find(root: str, name_or_id: str) -> dict:
 
 def unique_name(root: str, requested: str | None) -> str:
     taken = {record["Name"] for record in all_records(root)}
-    if requested is not None:
+    if requested:
+        if not _NAME.match(requested):
+            raise InvalidArgument(f"invalid container name {requested!r}: use letters, digits "
+                                  "and _ . -, starting with a letter or digit")
         if requested in taken:
             raise ContainerError(f"the container name {requested!r} is already in use: remove "
                                  "that container with kakoi rm, or choose another name")

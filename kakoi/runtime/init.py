@@ -335,7 +335,13 @@ def _setup_filesystem(context: InitContext, linux: dict, process: dict,
         rootfs_setup.create_devices(root_fd, linux.get("devices", []),
                                     bind=in_user_namespace)
         # runc creates a missing working directory, as Docker's WORKDIR expects.
-        os.close(paths.open_in_root(root_fd, process.get("cwd", "/"), create="dir"))
+        cwd_fd = paths.open_in_root(root_fd, process.get("cwd", "/"), create="dir")
+        try:
+            if not paths.is_dir(cwd_fd):
+                raise InvalidSpecError(f"the working directory {process.get('cwd')} is not a "
+                                       "directory in the container")
+        finally:
+            os.close(cwd_fd)
     finally:
         os.close(root_fd)
 
@@ -386,17 +392,25 @@ def _attach_console(sock: socket.socket, process: dict) -> None:
         os.close(slave)
 
 
+def _rlimit_value(value: int) -> int:
+    """Map the spec's uint64 limit to setrlimit's: 2**64-1 (or -1) means unlimited."""
+    return resource.RLIM_INFINITY if value < 0 or value >= 1 << 63 else value
+
+
 def _finalize_process(process: dict) -> None:
     """Apply limits, identity and capabilities; the order follows runc's finalizeNamespace."""
     for rlimit in process.get("rlimits", []):
         number = getattr(resource, rlimit["type"])
         try:
-            resource.setrlimit(number, (rlimit["soft"], rlimit["hard"]))
+            resource.setrlimit(number, (_rlimit_value(rlimit["soft"]),
+                                        _rlimit_value(rlimit["hard"])))
         except (ValueError, OSError):
             host_hard = resource.getrlimit(number)[1]
+            shown = ":".join("unlimited" if _rlimit_value(value) == resource.RLIM_INFINITY
+                             else str(value) for value in (rlimit["soft"], rlimit["hard"]))
             raise InvalidSpecError(
-                f"cannot set {rlimit['type']} to {rlimit['soft']}:{rlimit['hard']}: "
-                f"the host's hard limit is {host_hard}, and raising it needs CAP_SYS_RESOURCE")
+                f"cannot set {rlimit['type']} to {shown}: the host's hard limit is "
+                f"{host_hard}, and raising it needs CAP_SYS_RESOURCE")
     if "oomScoreAdj" in process:
         with open("/proc/self/oom_score_adj", "w") as file:
             file.write(str(process["oomScoreAdj"]))

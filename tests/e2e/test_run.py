@@ -150,6 +150,12 @@ def test_ulimit_and_default_nofile(kakoi, clean_host):
     assert result.stdout.split() == ["100", "200"]
 
 
+def test_ulimit_minus_one_is_unlimited(kakoi, clean_host):
+    result = kakoi("run", "--rm", "--ulimit", "core=-1", "busybox", "sh", "-c", "ulimit -c")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "unlimited"
+
+
 def test_ulimit_over_host_hard_limit_is_rejected(kakoi, clean_host):
     import resource
 
@@ -449,6 +455,15 @@ def test_container_kept_without_rm(kakoi, clean_host):
     (["--cap-add", "CAP_NOT_REAL", "busybox", "true"], "CAP_NOT_REAL"),
     (["--security-opt", "label=disable", "busybox", "true"], "security-opt"),
     (["--network", "bridge0", "busybox", "true"], "--network"),
+    (["--network", "bridge", "busybox", "true"], "bridge"),
+    (["--name", "bad!name", "busybox", "true"], "bad!name"),
+    (["--cpus", "0.001", "busybox", "true"], "0.01"),
+    (["--tmpfs", "/t:bogus", "busybox", "true"], "bogus"),
+    (["--tmpfs", "/t:size=abc", "busybox", "true"], "size=abc"),
+    (["--tmpfs", "/", "busybox", "true"], "--tmpfs"),
+    (["--hostname", "h" * 65, "busybox", "true"], "64"),
+    (["-w", "relative", "busybox", "true"], "absolute"),
+    (["-w", "/etc/passwd", "busybox", "true"], "not a directory"),
     (["--no-such-flag", "busybox", "true"], "no-such-flag"),
 ])
 def test_bad_input_fails_cleanly(kakoi, clean_host, args, fragment):
