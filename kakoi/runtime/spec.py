@@ -115,8 +115,11 @@ def _validate_linux(spec: dict) -> None:
         types.add(kind)
     if spec.get("hostname") and "uts" not in types:
         raise InvalidSpecError("setting hostname needs a new uts namespace")
-    if linux.get("sysctl") and "ipc" not in types and "network" not in types:
-        pass  # per-key checks happen when the value is written
+    _validate_sysctls(linux.get("sysctl") or {}, types)
+    _validate_capabilities(spec.get("process", {}).get("capabilities") or {})
+    if spec.get("process", {}).get("apparmorProfile"):
+        raise NotSupportedError("process.apparmorProfile is not supported: kakoi applies no "
+                                "AppArmor profile; leave the field out")
     _validate_user_namespace(linux, types)
     if linux.get("timeOffsets") and "time" not in types:
         raise InvalidSpecError("linux.timeOffsets needs a new time namespace")
@@ -130,6 +133,41 @@ def _validate_linux(spec: dict) -> None:
             personality_value(linux["personality"])
         except ValueError as error:
             raise InvalidSpecError(f"invalid linux.personality: {error}")
+
+
+# Sysctls that belong to an IPC namespace, as runc's validator lists them; a sysctl in no
+# namespace of the container would change the host's value.
+_IPC_SYSCTLS = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+                "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"}
+
+
+def _validate_sysctls(sysctls: dict, types: set[str]) -> None:
+    for key in sysctls:
+        if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
+            needed = "ipc"
+        elif key.startswith("net."):
+            needed = "network"
+        elif key == "kernel.domainname":
+            needed = "uts"
+        elif key == "kernel.hostname":
+            raise InvalidSpecError("sysctl kernel.hostname is not allowed: use the hostname "
+                                   "field")
+        else:
+            raise InvalidSpecError(f"sysctl {key} is not in a namespace of its own, so "
+                                   "setting it would change the host: leave it out")
+        if needed not in types:
+            raise InvalidSpecError(f"sysctl {key} needs the container to have its own "
+                                   f"{needed} namespace")
+
+
+def _validate_capabilities(capabilities: dict) -> None:
+    from kakoi.kernel.capabilities import NUMBERS
+
+    for kind, names in capabilities.items():
+        for name in names or []:
+            if name not in NUMBERS:
+                raise InvalidSpecError(f"unknown capability {name!r} in "
+                                       f"process.capabilities.{kind}")
 
 
 def _validate_user_namespace(linux: dict, types: set[str]) -> None:
