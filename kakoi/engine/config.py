@@ -27,6 +27,16 @@ MASKED_PATHS = [
 READONLY_PATHS = [
     "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 ]
+# Docker's default device cgroup rules: mknod of any device, and use of the ones a
+# container's /dev holds (null, zero, full, random, urandom, tty, console, ptmx, pts).
+DEFAULT_DEVICE_RULES = [{"allow": False, "access": "rwm"}] + [
+    {"allow": True, "type": kind, "major": major, "minor": minor, "access": access}
+    for kind, major, minor, access in (
+        ("c", None, None, "m"), ("b", None, None, "m"), ("c", 1, 3, "rwm"), ("c", 1, 5, "rwm"),
+        ("c", 1, 7, "rwm"), ("c", 1, 8, "rwm"), ("c", 1, 9, "rwm"), ("c", 5, 0, "rwm"),
+        ("c", 5, 1, "rwm"), ("c", 5, 2, "rwm"), ("c", 136, None, "rwm"), ("c", 10, 200, "rwm"),
+    )
+]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # containerd's default open-file limit for containers, lowered to the host's hard limit.
 DEFAULT_NOFILE = 1048576
@@ -186,6 +196,8 @@ def _resources(run: RunOptions) -> dict:
         resources["cpu"] = cpu
     if run.pids_limit is not None:
         resources["pids"] = {"limit": run.pids_limit if run.pids_limit > 0 else -1}
+    resources["devices"] = ([{"allow": True, "access": "rwm"}] if run.privileged
+                            else DEFAULT_DEVICE_RULES)
     return resources
 
 

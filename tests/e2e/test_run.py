@@ -177,6 +177,14 @@ def test_masked_and_read_only_proc_paths(kakoi, clean_host):
     assert result.stdout.split() == ["0", "read-only"]
 
 
+def test_device_cgroup_blocks_other_devices(kakoi, clean_host):
+    # mknod is allowed (Docker's "b *:* m"), but reading a block device it made is not.
+    result = kakoi("run", "--rm", "busybox", "sh", "-c",
+                   "mknod /tmp/disk b 8 0 && head -c 1 /tmp/disk; echo $?")
+    assert "Operation not permitted" in result.stderr
+    assert result.stdout.strip() == "1"
+
+
 def test_dev_holds_expected_nodes(kakoi, clean_host):
     result = kakoi("run", "--rm", "busybox", "ls", "/dev")
     for name in ("null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm",
