@@ -108,6 +108,9 @@ def build(run: RunOptions, image_config: dict, container_id: str, layer_dirs: li
     if not run.cgroup_parent.strip("/") or ".." in run.cgroup_parent.split("/"):
         raise InvalidArgument(f"invalid --cgroup-parent {run.cgroup_parent!r}: use a path "
                               "such as kakoi or mygroup/sub")
+    seccomp = _seccomp_profile(run)
+    if seccomp is not None:
+        spec["linux"]["seccomp"] = seccomp
     if run.tty:
         from kakoi.runtime.attach import terminal_size
         size = terminal_size()
@@ -253,13 +256,45 @@ def _no_new_privileges(security_opt: list[str]) -> bool:
                 raise InvalidArgument(f"invalid --security-opt {option!r}: use "
                                       "no-new-privileges or no-new-privileges=false")
             enabled = value != "false"
-        elif key in ("seccomp", "apparmor") and value == "unconfined":
-            continue  # kakoi applies neither a seccomp profile nor an AppArmor profile yet
+        elif key == "seccomp" and value:
+            continue  # read by _seccomp_profile
+        elif key == "apparmor" and value == "unconfined":
+            continue  # kakoi applies no AppArmor profile
         else:
             raise NotSupportedError(f"--security-opt {option!r} is not supported: kakoi "
-                                    "accepts no-new-privileges, seccomp=unconfined and "
-                                    "apparmor=unconfined")
+                                    "accepts no-new-privileges, seccomp=unconfined, "
+                                    "seccomp=PROFILE.json and apparmor=unconfined")
     return enabled
+
+
+def _seccomp_profile(run: RunOptions) -> dict | None:
+    """Return the seccomp profile: Docker's kind of default, a file's, or none.
+
+    As in Docker, --privileged and seccomp=unconfined run without one. The default
+    profile has no rules that depend on added capabilities, so with --cap-add
+    SYS_ADMIN, say, mount and unshare still fail unless seccomp=unconfined is given.
+    """
+    chosen = None
+    for option in run.security_opt:
+        key, _, value = option.replace(":", "=", 1).partition("=")
+        if key == "seccomp":
+            chosen = value
+    if run.privileged or chosen == "unconfined":
+        return None
+    if chosen is None:
+        from kakoi.kernel.seccomp import default_profile
+        return default_profile()
+    import json
+    try:
+        with open(chosen) as file:
+            profile = json.load(file)
+    except OSError as error:
+        raise InvalidArgument(f"cannot read --security-opt seccomp={chosen}: {error.strerror}")
+    except ValueError as error:
+        raise InvalidArgument(f"invalid JSON in --security-opt seccomp={chosen}: {error}")
+    if not isinstance(profile, dict):
+        raise InvalidArgument(f"--security-opt seccomp={chosen} must hold a JSON object")
+    return profile
 
 
 def _mounts(run: RunOptions, container_dir: str) -> list[dict]:

@@ -45,7 +45,7 @@ def run(root: str, options: RunOptions) -> int:
         state.write_record(directory, record)
     try:
         spec = _write_bundle(directory, options, image_config, container_id, layer_dirs)
-        exit_code = _run_bundle(directory, record, spec, layer_dirs, options)
+        exit_code = _run_bundle(root, directory, record, spec, layer_dirs, options)
     except BaseException:
         if options.remove:
             remove_directory(directory)
@@ -105,7 +105,7 @@ def overlay_mount(directory: str, layer_dirs: list[str]) -> dict:
     return {"type": "overlay", "source": "overlay", "options": [data]}
 
 
-def _run_bundle(directory: str, record: dict, spec: dict, layer_dirs: list[str],
+def _run_bundle(root: str, directory: str, record: dict, spec: dict, layer_dirs: list[str],
                 options: RunOptions) -> int:
     from kakoi.runtime import attach, process
     from kakoi.runtime.state import process_start_time
@@ -118,7 +118,8 @@ def _run_bundle(directory: str, record: dict, spec: dict, layer_dirs: list[str],
         try:
             container = process.create(record["Id"], spec, directory,
                                        rootfs_mounts=[overlay_mount(directory, layer_dirs)],
-                                       stdio=(stdin, 1, 2), kill_with_parent=True)
+                                       stdio=(stdin, 1, 2), kill_with_parent=True,
+                                       seccomp_cache=os.path.join(root, "cache", "seccomp"))
         finally:
             if stdin != 0:
                 os.close(stdin)

@@ -8,7 +8,8 @@ from kakoi.kernel import libc
 from kakoi.runtime import spec as oci
 from kakoi.runtime import sync
 from kakoi.runtime.init import ExecContext, exec_child_main
-from kakoi.runtime.process import Container, _error_from, _reap, _compile_seccomp
+from kakoi.runtime.process import (SECCOMP_CACHE, Container, _compile_seccomp, _error_from,
+                                   _reap)
 
 
 def process_from_args(base: dict, args: list[str], *, env: list[str], cwd: str | None,
@@ -73,7 +74,8 @@ def spawn(state: dict, process: dict, *, cgroup, preserve_fds: int = 0,
     spec = state["spec"]
     namespace_paths = {kind: f"/proc/{pid}/ns/{_PROC_NAMES[kind]}"
                        for kind in oci.namespaces(spec) if kind in _PROC_NAMES}
-    seccomp = _compile_seccomp({"linux": {"seccomp": spec.get("linux", {}).get("seccomp")}})
+    seccomp = _compile_seccomp({"linux": {"seccomp": spec.get("linux", {}).get("seccomp")}},
+                               SECCOMP_CACHE)
     parent_sock, child_sock = sync.pair()
     child = None
     try:

@@ -18,6 +18,8 @@ from kakoi.runtime import sync
 from kakoi.runtime.init import InitContext, child_main
 
 CGROUP_PARENT = "kakoi"
+# Where built seccomp programs are kept (see _compile_seccomp); root-only, like the store.
+SECCOMP_CACHE = "/var/cache/kakoi/seccomp"
 
 
 class Container:
@@ -67,7 +69,7 @@ class Container:
 def create(container_id: str, spec: dict, bundle: str, *, rootfs_mounts: list[dict] = (),
            stdio: tuple[int, int, int] | None = None, kill_with_parent: bool = False,
            exec_fifo: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
-           preserve_fds: int = 0) -> Container:
+           preserve_fds: int = 0, seccomp_cache: str | None = SECCOMP_CACHE) -> Container:
     """Fork the container's init and run its set-up up to the point of exec.
 
     With exec_fifo, init waits for a reader of that fifo (`kakoi-runtime start`, from
@@ -75,7 +77,7 @@ def create(container_id: str, spec: dict, bundle: str, *, rootfs_mounts: list[di
     """
     rootfs = oci.root_path(spec, bundle)
     namespaces = oci.namespaces(spec)
-    seccomp = _compile_seccomp(spec)
+    seccomp = _compile_seccomp(spec, seccomp_cache)
     cgroup, cgroup_mounter = _create_cgroup(container_id, spec)
     parent_sock, child_sock = sync.pair()
     pid = None
@@ -112,13 +114,19 @@ def create(container_id: str, spec: dict, bundle: str, *, rootfs_mounts: list[di
             seccomp.release()
 
 
-def _compile_seccomp(spec: dict):
-    """Build the seccomp filter before fork, so that a bad profile fails before any change."""
+def _compile_seccomp(spec: dict, cache_dir: str | None = None):
+    """Build the seccomp filter before fork, so that a bad profile fails before any change.
+
+    With cache_dir, the BPF program is kept there and reused by later containers with
+    the same profile, which spares them libseccomp's build.
+    """
     config = spec.get("linux", {}).get("seccomp")
     if not config:
         return None
     from kakoi.kernel import seccomp
 
+    if cache_dir is not None:
+        return seccomp.compile_cached(config, cache_dir)
     return seccomp.compile(config)
 
 

@@ -133,6 +133,31 @@ def test_non_root_user_has_no_effective_capabilities(kakoi, clean_host):
     assert capability_mask(result.stdout, "CapEff") == 0
 
 
+def test_default_seccomp_profile_blocks_unshare(kakoi, clean_host):
+    result = kakoi("run", "--rm", "busybox", "sh", "-c",
+                   "grep Seccomp: /proc/self/status; unshare -U true; echo $?")
+    assert result.stdout.split() == ["Seccomp:", "2", "1"]
+    assert "Operation not permitted" in result.stderr
+
+
+def test_seccomp_unconfined_and_privileged_have_no_filter(kakoi, clean_host):
+    for flags in (["--security-opt", "seccomp=unconfined"], ["--privileged"]):
+        result = kakoi("run", "--rm", *flags, "busybox", "grep", "Seccomp:", "/proc/self/status")
+        assert result.stdout.split() == ["Seccomp:", "0"], flags
+
+
+def test_seccomp_profile_from_file(kakoi, clean_host, tmp_path):
+    import json
+
+    profile = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}
+    (tmp_path / "profile.json").write_text(json.dumps(profile))
+    result = kakoi("run", "--rm", "--security-opt", f"seccomp={tmp_path}/profile.json",
+                   "busybox", "sh", "-c", "mkdir /tmp/d; echo $?")
+    assert result.stdout.strip() == "1"
+    assert "Operation not permitted" in result.stderr
+
+
 def test_no_new_privileges(kakoi, clean_host):
     result = kakoi("run", "--rm", "--security-opt", "no-new-privileges", "busybox",
                    "grep", "NoNewPrivs", "/proc/self/status")
