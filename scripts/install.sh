@@ -5,9 +5,10 @@ set -eu
 cd "$(dirname "$0")/.."
 
 # Debian packages: the Python that kakoi runs on, busybox-static for the fixture image, and the
-# peers that the tests and benchmarks compare against.
+# peers that the tests and benchmarks compare against. docker-registry, skopeo, debootstrap,
+# apache2-utils (htpasswd) and openssl serve the registry tests and their fixture images.
 export DEBIAN_FRONTEND=noninteractive
-packages="python3 python3-venv busybox-static runc podman hyperfine uidmap"
+packages="python3 python3-venv busybox-static runc podman hyperfine uidmap containerd docker-registry skopeo debootstrap apache2-utils openssl"
 missing=""
 for package in $packages; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="$missing $package"

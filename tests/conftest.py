@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["registry_fixtures"]
 
 
 @pytest.fixture(scope="session")
