@@ -191,7 +191,11 @@ def _run(args) -> int:
                                      preserve_fds=args.preserve_fds,
                                      allow_terminal_relay=not args.detach)
         forwarder.target(container.pid)
-        lifecycle.start(args.root, args.id)
+        try:
+            lifecycle.start(args.root, args.id)
+        except BaseException:
+            lifecycle.delete(args.root, args.id, force=True)  # runc run leaves nothing
+            raise
         if args.detach:
             return 0
         status = attach.wait(container.pid, container.console_fd, interactive=True)

@@ -50,11 +50,15 @@ def _open_existing(root_fd: int, path: str) -> int | None:
         raise
 
 
-def open_in_root(root_fd: int, path: str, create: str | None = None) -> int:
+_MAX_SYMLINKS = 40  # as the kernel's own limit on links followed in one lookup
+
+
+def open_in_root(root_fd: int, path: str, create: str | None = None, _depth: int = 0) -> int:
     """Return an O_PATH descriptor of path resolved inside root_fd.
 
     create is None (the path must exist), "dir" or "file": missing components are
-    made as directories, and the last one as the given type.
+    made as directories, and the last one as the given type. A dangling symlink on the
+    way is resolved inside the root, and its target is made there, as runc does.
     """
     parts = _components(path)
     fd = _open_existing(root_fd, "/".join(parts))
@@ -69,6 +73,15 @@ def open_in_root(root_fd: int, path: str, create: str | None = None) -> int:
             prefix = "/".join(parts[: index + 1])
             existing = _open_existing(root_fd, prefix)
             if existing is None:
+                target = _symlink_target(current, name)
+                if target is not None:
+                    if _depth >= _MAX_SYMLINKS:
+                        raise KernelError(errno.ELOOP, "resolve", path)
+                    base = "/".join(parts[:index])
+                    resolved = target if target.startswith("/") else f"{base}/{target}"
+                    rest = "/".join(parts[index + 1:])
+                    return open_in_root(root_fd, _clamp(f"{resolved}/{rest}"), create,
+                                        _depth + 1)
                 _create(current, name, "dir" if index < len(parts) - 1 else create, path)
                 existing = _open_existing(root_fd, prefix)
                 if existing is None:
@@ -79,6 +92,25 @@ def open_in_root(root_fd: int, path: str, create: str | None = None) -> int:
     except BaseException:
         os.close(current)
         raise
+
+
+def _symlink_target(parent_fd: int, name: str) -> str | None:
+    try:
+        return os.readlink(name, dir_fd=parent_fd)
+    except OSError:
+        return None
+
+
+def _clamp(path: str) -> str:
+    """Normalise path as if its root were "/": ".." never climbs above it."""
+    parts: list[str] = []
+    for part in _components(path):
+        if part == "..":
+            if parts:
+                parts.pop()
+        else:
+            parts.append(part)
+    return "/".join(parts)
 
 
 def _create(parent_fd: int, name: str, kind: str, path: str) -> None:

@@ -153,7 +153,7 @@ def _run(context: InitContext) -> None:
 
     sync.send(context.sock, {"type": "ready"})
     _wait_for_start(context)
-    _run_container_hooks(context, "startContainer", "running")
+    _run_container_hooks(context, "startContainer", "created")
 
     if linux.get("personality"):
         libc.set_personality(linux["personality"])
@@ -182,7 +182,9 @@ def _wait_for_start(context: InitContext) -> None:
     """Block until the runtime's start, by the sync socket or by the exec fifo.
 
     With an exec fifo (create, then start from another process), opening the fifo for
-    writing blocks until start opens it for reading, as runc's exec.fifo does.
+    writing blocks until start opens it for reading, as runc's exec.fifo does. The
+    written end stays open until exec closes it, so that start sees end of file once
+    the program runs, and runs poststart hooks only then.
     """
     if context.exec_fifo_fd is None:
         _expect(context.sock, "start")
@@ -190,8 +192,8 @@ def _wait_for_start(context: InitContext) -> None:
     context.sock.close()
     fd = os.open(f"/proc/self/fd/{context.exec_fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
     os.write(fd, b"0")
-    os.close(fd)
     os.close(context.exec_fifo_fd)
+    context.exec_fifo_fd = fd
 
 
 def _hook_state(context: InitContext, status: str) -> dict:
@@ -210,7 +212,7 @@ def _run_creation_hooks(context: InitContext) -> None:
     if hooks.has(context.spec, "prestart", "createRuntime"):
         sync.send(context.sock, {"type": "create-runtime"})
         _expect(context.sock, "continue")
-    _run_container_hooks(context, "createContainer", "created")
+    _run_container_hooks(context, "createContainer", "creating")
 
 
 def _run_container_hooks(context: InitContext, kind: str, status: str) -> None:
@@ -352,8 +354,9 @@ def _setup_filesystem(context: InitContext, linux: dict, process: dict,
     else:
         rootfs_setup.pivot(rootfs)
     _write_sysctls(linux.get("sysctl", {}))
-    rootfs_setup.mask_paths(linux.get("maskedPaths", []))
+    # Read-only paths before masked ones, in runc's order, so that the mount tables match.
     rootfs_setup.make_readonly(linux.get("readonlyPaths", []))
+    rootfs_setup.mask_paths(linux.get("maskedPaths", []))
     if context.spec["root"].get("readonly"):
         rootfs_setup.remount_root_readonly()
 
@@ -467,9 +470,25 @@ def _find_executable(process: dict) -> str:
     raise CommandNotFound(f"{program!r}: executable file not found in $PATH")
 
 
+def _home_directory(uid: int) -> str:
+    """Return uid's home from the container's /etc/passwd, or "/", for a missing $HOME."""
+    try:
+        with open("/etc/passwd", encoding="utf-8", errors="replace") as file:
+            for line in file:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/"
+
+
 def _exec(process: dict, executable: str, context: InitContext) -> None:
     args = process["args"]
     env = dict(entry.split("=", 1) for entry in process.get("env", []))
+    if "HOME" not in env:
+        # runc sets HOME for the process's user when the spec leaves it out.
+        env["HOME"] = _home_directory(os.getuid())
     # No descriptor of the runtime may reach the container (the runc CVE-2024-21626
     # kind). The sync socket stays open until exec, which closes it (close-on-exec),
     # and that end of stream tells the parent the program started.

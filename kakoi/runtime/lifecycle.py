@@ -43,6 +43,8 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
     try:
         fifo = os.path.join(directory, "exec.fifo")
         os.mkfifo(fifo, 0o622)
+        # Past the umask: init writes to it, and in a user namespace init is not its owner.
+        os.chmod(fifo, 0o622)
         container = process.create(container_id, spec, bundle, exec_fifo=fifo,
                                    no_pivot=no_pivot, no_new_keyring=no_new_keyring,
                                    preserve_fds=preserve_fds)
@@ -111,12 +113,23 @@ def start(root: str, container_id: str) -> None:
 
 
 def _read_start_byte(fd: int, state: dict) -> None:
-    """Wait for init to open the fifo for writing and write its byte; it may have died."""
+    """Wait for init's byte on the fifo, then for end of file: init has exec'd (or died).
+
+    Init writes its byte when it opens the fifo, and exec closes its end.
+    """
+    started = False
     while True:
         ready, _, _ = select.select([fd], [], [], 0.05)
-        if ready and os.read(fd, 1):
-            return
+        if ready:
+            data = os.read(fd, 1)
+            if data:
+                started = True
+                continue
+            if started:
+                return
         if not states.is_alive(state):
+            if started:
+                return  # it ran and exited already, or failed to exec: status tells
             raise ContainerError(f"container {state['id']} init exited before start")
 
 
@@ -136,12 +149,15 @@ def describe(root: str, container_id: str) -> dict:
     """Return the state object of the runtime spec, as `runc state` prints it."""
     state = states.load(root, container_id)
     status = states.status(state, _open_cgroup(state))
-    return {
+    described = {
         "ociVersion": state["ociVersion"], "id": state["id"],
         "pid": state["pid"] if status != "stopped" else 0, "status": status,
         "bundle": state["bundle"], "rootfs": state["rootfs"], "created": state["created"],
-        "owner": "", "annotations": state.get("annotations") or {},
+        "owner": "",
     }
+    if state.get("annotations"):
+        described["annotations"] = state["annotations"]  # runc leaves out an empty map
+    return described
 
 
 def list_all(root: str) -> list[dict]:
@@ -198,7 +214,17 @@ def kill(root: str, container_id: str, signal_number: int, all_processes: bool =
 
 
 def delete(root: str, container_id: str, force: bool = False) -> None:
-    """Remove a stopped (or created) container; with force, kill a running one first."""
+    """Remove a stopped (or created) container; with force, kill a running one first.
+
+    Like runc, a directory without state.json (left by an aborted create) is removed,
+    and force succeeds on a container that does not exist: engines (conmon's cleanup,
+    containerd's shim) call delete --force after a failed create or a plain delete.
+    """
+    directory = states.container_dir(root, container_id)
+    if not os.path.exists(os.path.join(directory, "state.json")):
+        _remove_directory(directory)
+        if force:
+            return
     state = states.load(root, container_id)
     cgroup = _open_cgroup(state)
     status = states.status(state, cgroup)
@@ -239,9 +265,9 @@ def _reap_if_child(pid: int) -> None:
 
 
 def _remove_directory(directory: str) -> None:
-    import shutil
+    from kakoi.kernel.paths import remove_tree
 
-    shutil.rmtree(directory, ignore_errors=True)
+    remove_tree(directory)
 
 
 def pids(root: str, container_id: str) -> list[int]:

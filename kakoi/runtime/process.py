@@ -139,17 +139,18 @@ def _create_cgroup(container_id: str, spec: dict):
         raise NotSupportedError(f"cgroupsPath {path!r} is in systemd form (slice:prefix:name), "
                                 "and kakoi manages cgroups through cgroupfs only")
     layout = cgroups.detect()
-    resources = resources_from_spec(linux.get("resources", {}))
+    resources = resources_from_spec(linux.get("resources", {}), linux.get("devices") or [])
     cgroup = cgroups.Cgroup.create(layout, path.lstrip("/"), resources)
 
     def mount_view(target: str, readonly: bool) -> None:
         cgroups.mount_container_view(layout, target, read_only=readonly)
 
     def bind_view(target: str, readonly: bool) -> None:
-        """Show the container's cgroups by bind mounts, for a user namespace.
+        """Show the container's cgroups by bind mounts of its own directories.
 
-        Mounting a v1 cgroup filesystem needs CAP_SYS_ADMIN in the host's user
-        namespace, so there the container gets its own directories bind-mounted.
+        Used without a cgroup namespace, where a new cgroup mount would show the host's
+        whole tree, and in a user namespace, where mounting a v1 cgroup filesystem
+        needs CAP_SYS_ADMIN in the host's user namespace. runc does the same.
         """
         flags = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
         libc.mount("tmpfs", target, "tmpfs", flags, "mode=755")
@@ -162,14 +163,13 @@ def _create_cgroup(container_id: str, spec: dict):
             if readonly:
                 libc.mount(None, destination, None,
                            libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | flags)
-        if readonly:
-            libc.mount(None, target, None, libc.MS_REMOUNT | libc.MS_RDONLY | flags, "mode=755")
 
-    in_user_namespace = "user" in oci.namespaces(spec)
-    return cgroup, bind_view if in_user_namespace else mount_view
+    namespaces = oci.namespaces(spec)
+    use_binds = "user" in namespaces or "cgroup" not in namespaces
+    return cgroup, bind_view if use_binds else mount_view
 
 
-def resources_from_spec(resources: dict):
+def resources_from_spec(resources: dict, linux_devices: list[dict] = ()):
     """Convert the spec's linux.resources into the cgroup layer's Resources.
 
     Every field of the spec is passed on, so that one the cgroup layer cannot apply
@@ -210,7 +210,7 @@ def resources_from_spec(resources: dict):
             blkio_throttle_write_iops=_throttles(block_io.get("throttleWriteIOPSDevice")),
             hugepage_limits=[(entry["pageSize"], entry["limit"])
                              for entry in resources.get("hugepageLimits") or []] or None,
-            devices=_device_rules(DeviceRule, resources.get("devices")),
+            devices=_device_rules(DeviceRule, resources.get("devices"), linux_devices),
             unified=resources.get("unified") or None)
         result.validate()
     except (TypeError, ValueError, KeyError, CgroupError) as error:
@@ -231,12 +231,29 @@ def _throttles(entries):
     return [(entry["major"], entry["minor"], entry["rate"]) for entry in entries]
 
 
-def _device_rules(rule_class, entries):
+# The devices that runc always allows after the spec's own rules, because every
+# container gets their nodes (null, zero, full, random, urandom, tty, console, ptmx,
+# pts, tun), plus mknod of any device: (type, major, minor, access).
+_ALLOWED_DEVICES = (
+    ("c", None, None, "m"), ("b", None, None, "m"), ("c", 1, 3, "rwm"), ("c", 1, 5, "rwm"),
+    ("c", 1, 7, "rwm"), ("c", 1, 8, "rwm"), ("c", 1, 9, "rwm"), ("c", 5, 0, "rwm"),
+    ("c", 5, 1, "rwm"), ("c", 5, 2, "rwm"), ("c", 136, None, "rwm"), ("c", 10, 200, "rwm"),
+)
+
+
+def _device_rules(rule_class, entries, linux_devices):
+    """Return the spec's device rules, then runc's default allows and linux.devices."""
     if entries is None:
         return None
-    return [rule_class(entry.get("allow", False), entry.get("type") or "a",
-                       entry.get("major"), entry.get("minor"), entry.get("access") or "rwm")
-            for entry in entries]
+    rules = [rule_class(entry.get("allow", False), entry.get("type") or "a",
+                        entry.get("major"), entry.get("minor"), entry.get("access") or "rwm")
+             for entry in entries]
+    rules += [rule_class(True, kind, major, minor, access)
+              for kind, major, minor, access in _ALLOWED_DEVICES]
+    rules += [rule_class(True, "b" if device.get("type") == "b" else "c", device.get("major"),
+                         device.get("minor"), "rwm")
+              for device in linux_devices if device.get("type") in ("c", "b", "u")]
+    return rules
 
 
 def _fork_init(namespaces: dict, time_offsets: dict | None, context: InitContext,

@@ -41,8 +41,11 @@ def mount_container_view(layout: Layout, target: str, read_only: bool = True) ->
         return
 
     # A bind remount changes only these mounts' flags, never the cgroup superblocks,
-    # which the host's own mounts share.
+    # which the host's own mounts share. The tmpfs that holds them stays writable, as
+    # runc leaves it: nothing can be created in it that reaches the host.
     for mount_point in reversed(mounts):
+        if mount_point == target and layout.mode != "v2":
+            continue
         remount = libc.MS_REMOUNT | libc.MS_BIND | libc.MS_RDONLY | flags
         libc.mount(None, mount_point, None, remount, None)
 
