@@ -52,21 +52,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _store(args: argparse.Namespace):
     from kakoi.image.store import DEFAULT_ROOT, Store
 
-    return Store(getattr(args, "root", None) or DEFAULT_ROOT)
+    store = Store(getattr(args, "root", None) or DEFAULT_ROOT)
+    store.check_root()
+    return store
 
 
 def load_command(args: argparse.Namespace) -> int:
     from kakoi.image import reference
 
-    store = _store(args)
     if args.input:
-        loaded = store.load(args.input)
+        loaded = _store(args).load(args.input)
     else:
-        if sys.stdin.isatty():
-            from kakoi.errors import InvalidArgument
+        from kakoi.errors import InvalidArgument
 
+        # Python sets sys.stdin to None when file descriptor 0 is closed.
+        if sys.stdin is None:
+            raise InvalidArgument("no archive given: stdin is closed; use -i FILE or pipe an "
+                                  "archive to stdin")
+        if sys.stdin.isatty():
             raise InvalidArgument("no archive given: use -i FILE or pipe an archive to stdin")
-        loaded = store.load(sys.stdin.buffer, label="stdin")
+        loaded = _store(args).load(sys.stdin.buffer, label="stdin")
     if args.quiet:
         return 0
     for image in loaded:
@@ -78,17 +83,20 @@ def load_command(args: argparse.Namespace) -> int:
 
 
 def save_command(args: argparse.Namespace) -> int:
-    store = _store(args)
-    if args.output:
-        store.save(args.images, args.output, args.format)
-        return 0
-    if sys.stdout.isatty():
-        from kakoi.errors import InvalidArgument
+    from kakoi.errors import InvalidArgument
 
-        raise InvalidArgument("refusing to write an archive to a terminal: use -o FILE or "
+    if args.output:
+        _store(args).save(args.images, args.output, args.format)
+        return 0
+    # Python sets sys.stdout to None when file descriptor 1 is closed.
+    if sys.stdout is None:
+        raise InvalidArgument("cannot write the archive: stdout is closed; use -o FILE or "
+                              "redirect stdout")
+    if sys.stdout.isatty():
+        raise InvalidArgument("cowardly refusing to save to a terminal: use -o FILE or "
                               "redirect stdout")
     sys.stdout.flush()
-    store.save(args.images, sys.stdout.buffer, args.format)
+    _store(args).save(args.images, sys.stdout.buffer, args.format)
     return 0
 
 

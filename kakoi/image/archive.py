@@ -85,13 +85,18 @@ class _TarSource:
 
     def __init__(self, path: Path, label: str):
         self.label = label
+        import zlib
+
         try:
             self.tar = tarfile.open(path, mode="r:*")
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+            raise _tar_read_error(label, error, opening=True) from None
+        try:
             self.members = {posixpath.normpath(m.name.lstrip("/")): m
                             for m in self.tar.getmembers()}
-        except (tarfile.TarError, EOFError) as error:
-            raise ImageError(f"{label} is not a tar archive ({error}); "
-                             "expected a docker-archive or OCI archive") from None
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+            self.tar.close()
+            raise _tar_read_error(label, error, opening=False) from None
 
     def exists(self, name: str) -> bool:
         return posixpath.normpath(name) in self.members
@@ -132,6 +137,21 @@ class _DirectorySource:
 
     def close(self) -> None:
         pass
+
+
+def _tar_read_error(label: str, error: Exception, opening: bool) -> ImageError:
+    """Return the one-line error for a tar that tarfile cannot open or list."""
+    # tarfile reports data cut short as "unexpected end of data", and gzip as EOFError.
+    if isinstance(error, EOFError) or "unexpected end of data" in str(error):
+        return ImageError(f"{label} is truncated: unexpected end of data; copy or save the "
+                          "archive again")
+    if isinstance(error, OSError):
+        return ImageError(f"cannot read {label}: {error.strerror or error}; give a readable "
+                          "archive file")
+    if opening:
+        return ImageError(f"{label} is not an image archive: it is not a tar file "
+                          "(docker-archive, OCI archive or OCI layout expected)")
+    return ImageError(f"{label} is damaged: {error}; copy or save the archive again")
 
 
 def _read_json(source, name: str):

@@ -163,7 +163,8 @@ def test_load_not_a_tar(populated, tmp_path):
     path = tmp_path / "junk"
     path.write_bytes(b"this is not a tar archive\n" * 40)
 
-    assert_load_fails_cleanly(populated, path, ImageError, "is not a tar archive")
+    assert_load_fails_cleanly(populated, path, ImageError,
+                              "is not an image archive: it is not a tar file")
 
 
 def test_load_tar_that_is_not_an_image(populated, tmp_path):
