@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     run.add_argument("--security-opt", action="append", default=[],
                      help="no-new-privileges, seccomp=unconfined or apparmor=unconfined")
     run.add_argument("--network", "--net", default="none", help="none (default) or host")
+    run.add_argument("--pull", default="missing", choices=("missing", "always", "never"),
+                     help="pull the image before running: missing (default), always or never")
     run.add_argument("--cgroup-parent", default=os.environ.get("KAKOI_CGROUP_PARENT", "kakoi"),
                      help="cgroup below which the container's cgroup is made, relative to "
                           "each hierarchy's root (default: $KAKOI_CGROUP_PARENT or kakoi)")
@@ -79,7 +81,7 @@ def _run(args) -> int:
         cpu_shares=args.cpu_shares, pids_limit=args.pids_limit, ulimits=args.ulimits,
         cap_add=args.cap_add, cap_drop=args.cap_drop, privileged=args.privileged,
         security_opt=args.security_opt, network=args.network,
-        cgroup_parent=args.cgroup_parent)
+        cgroup_parent=args.cgroup_parent, pull=args.pull)
     return run(args.root, options)
 
 

@@ -25,7 +25,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Return the parser; with command, one whose subcommand parser is built for it alone."""
-    from kakoi.cli import containers, images
+    from kakoi.cli import containers, images, registry
 
     parser = ArgumentParser(prog="kakoi", description="Run OCI containers.")
     parser.add_argument("--version", action="version", version=f"kakoi {__version__}")
@@ -40,6 +40,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         subparsers = OneCommand(command, "kakoi", ArgumentParser)
     containers.register(subparsers)
     images.register(subparsers)
+    registry.register(subparsers)
     if command is not None:
         parser.add_argument("command", choices=[command])
         parser.add_argument("arguments", nargs=argparse.REMAINDER)

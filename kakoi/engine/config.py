@@ -55,7 +55,7 @@ class RunOptions:
         "tmpfs": list, "read_only": False, "interactive": False, "tty": False, "memory": None,
         "memory_swap": None, "cpus": None, "cpu_shares": None, "pids_limit": None,
         "ulimits": list, "cap_add": list, "cap_drop": list, "privileged": False,
-        "security_opt": list, "network": "none", "cgroup_parent": "kakoi",
+        "security_opt": list, "network": "none", "cgroup_parent": "kakoi", "pull": "missing",
     }
 
     def __init__(self, image: str, **values):

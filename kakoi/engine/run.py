@@ -25,11 +25,7 @@ def run(root: str, options: RunOptions) -> int:
     from kakoi.image.store import Store
 
     store = Store(root)
-    try:
-        image = store.resolve(options.image)
-    except ImageNotFound:
-        raise ImageNotFound(f"unable to find image {options.image!r} locally: load it with "
-                            "kakoi load -i FILE")
+    image = resolve_image(store, options.image, options.pull)
     image_config = store.config(image)
     layer_dirs = [str(path) for path in store.layer_dirs(image)]
 
@@ -55,6 +51,29 @@ def run(root: str, options: RunOptions) -> int:
     if options.remove:
         remove_directory(directory)
     return exit_code
+
+
+PULL_POLICIES = ("missing", "always", "never")
+
+
+def resolve_image(store, name: str, policy: str = "missing"):
+    """Find the image in the store, pulling it first as the --pull policy says."""
+    if policy not in PULL_POLICIES:
+        from kakoi.errors import InvalidArgument
+        raise InvalidArgument(f"invalid --pull {policy!r}: use missing, always or never")
+    if policy != "always":
+        try:
+            return store.resolve(name)
+        except ImageNotFound:
+            if policy == "never":
+                raise ImageNotFound(f"unable to find image {name!r} locally, and --pull never "
+                                    "forbids pulling it: pull or load it first")
+            print(f"Unable to find image {name!r} locally", file=sys.stderr)
+    from kakoi.registry.pull import pull
+
+    result = pull(store, name)
+    print(f"Pulled {name}: {result.digest}", file=sys.stderr)
+    return store.resolve(name)
 
 
 def _write_bundle(directory: str, options: RunOptions, image_config: dict, container_id: str,

@@ -25,6 +25,7 @@ import time
 
 from kakoi.errors import (
     DigestMismatchError,
+    KakoiError,
     ImageError,
     ImageInUse,
     ImageNotFound,
@@ -44,6 +45,10 @@ DEFAULT_ROOT = "/var/lib/kakoi"
 FORMATS = ("docker-archive", "oci-archive")
 _MIN_ID_PREFIX = 4
 _CHUNK = 1 << 20
+# Entries of a store root that an image command has used.
+_STORE_ENTRIES = {"blobs", "layers", "tmp", "images.json", "images.lock"}
+# The engine's lock file, present in a root that only container commands used so far.
+_CONTAINERS_LOCK = os.path.join("containers", ".lock")
 
 
 class _Record:
@@ -212,7 +217,33 @@ class Store:
 
     def ensure_layout(self) -> None:
         for path in (self._blobs, self._layers, self._tmp):
-            os.makedirs(path, exist_ok=True)
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as error:
+                raise ImageError(f"cannot create store directory {path}: {error.strerror}; "
+                                 "give a writable directory with --root or KAKOI_ROOT") from None
+
+    def check_root(self) -> None:
+        """Raise ImageError when the root exists but is a file or a directory of other data.
+
+        A missing root is a store with no images yet, and so is an empty directory.
+        """
+        try:
+            entries = set(os.listdir(self._root))
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            raise ImageError(f"store root {self._root} is not a directory; give a directory "
+                             "with --root or KAKOI_ROOT") from None
+        except OSError as error:
+            raise ImageError(f"cannot read store root {self._root}: {error.strerror}; give "
+                             "a readable directory with --root or KAKOI_ROOT") from None
+        if not entries or entries & _STORE_ENTRIES:
+            return
+        if not os.path.exists(os.path.join(self._root, _CONTAINERS_LOCK)):
+            raise ImageError(f"store root {self._root} is not a kakoi store: it contains other "
+                             "files and no images.json; give an empty or kakoi directory with "
+                             "--root or KAKOI_ROOT")
 
     @contextlib.contextmanager
     def _locked(self, exclusive: bool = True) -> Iterator[None]:
@@ -232,6 +263,9 @@ class Store:
                 data = json.load(stream)
         except FileNotFoundError:
             return {}
+        except OSError as error:
+            raise ImageError(f"cannot read image index {self._index}: {error.strerror}; give "
+                             "a kakoi store directory with --root or KAKOI_ROOT") from None
         except ValueError as error:
             raise ImageError(f"image index {self._index} is not valid JSON ({error}); "
                              "restore it from a backup or remove it and load the images again")
@@ -522,7 +556,6 @@ class Store:
 
     @contextlib.contextmanager
     def _spooled(self, source: str | Path | BinaryIO) -> Iterator[Path]:
-        import shutil
         import tempfile
         from pathlib import Path
 
@@ -535,7 +568,8 @@ class Store:
         fd, temp = tempfile.mkstemp(dir=self.tmp_dir, prefix="load-")
         try:
             with os.fdopen(fd, "wb") as spool:
-                shutil.copyfileobj(source, spool, _CHUNK)
+                _copy_stream(source, "stdin", spool, temp,
+                             "give -i FILE or pipe an archive to stdin")
             yield Path(temp)
         finally:
             os.unlink(temp)
@@ -623,26 +657,28 @@ class Store:
              format: str = "docker-archive") -> None:
         """Write the images named by `refs` to a file or binary stream as one archive.
 
-        A file is written under a temporary name and renamed, so a failed save leaves no output.
+        A regular file is written under a temporary name and renamed, so a failed save leaves
+        no output. A device or FIFO is written in place.
         """
-        import shutil
-        import tempfile
         from pathlib import Path
 
         if format not in FORMATS:
             raise InvalidArgument(f"invalid archive format {format!r}: use one of "
                                   f"{', '.join(FORMATS)}")
+        if isinstance(out, (str, os.PathLike)):
+            _check_output(out)
+        if not os.path.exists(self._root):
+            # A missing store contains no images, so this raises ImageNotFound without
+            # creating the store directories.
+            self._exports(refs)
+
         self.ensure_layout()
         with self._locked(exclusive=False):
             exports = self._exports(refs)
-            if isinstance(out, (str, os.PathLike)):
+            if isinstance(out, (str, os.PathLike)) and _is_regular_or_missing(Path(out)):
                 self._save_to_path(Path(out), exports, format)
             else:
-                with tempfile.TemporaryFile(dir=self.tmp_dir, prefix="save-") as spool:
-                    self._write_archive(spool, exports, format)
-                    spool.seek(0)
-                    shutil.copyfileobj(spool, out, _CHUNK)
-                    out.flush()
+                self._save_to_stream(out, exports, format)
 
     def _exports(self, refs: list[str]) -> list[archives.ExportImage]:
         from kakoi.image import archive as archives
@@ -668,7 +704,10 @@ class Store:
     def _save_to_path(self, out: Path, exports: list[archives.ExportImage], format: str) -> None:
         import tempfile
 
-        fd, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.tmp-")
+        try:
+            fd, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.tmp-")
+        except OSError as error:
+            raise _write_error(out, error) from None
         try:
             with os.fdopen(fd, "wb") as stream:
                 self._write_archive(stream, exports, format)
@@ -676,10 +715,37 @@ class Store:
                 os.fsync(stream.fileno())
             os.chmod(temp, 0o644)
             os.rename(temp, out)
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
-            raise
+            if not isinstance(error, OSError) or isinstance(error, KakoiError):
+                raise
+            if error.filename not in (None, temp, os.fspath(out)):
+                raise ImageError(f"cannot read {error.filename}: {error.strerror}; remove the "
+                                 "image and load it again") from None
+            raise _write_error(out, error) from None
+
+    def _save_to_stream(self, out: str | Path | BinaryIO, exports: list[archives.ExportImage],
+                        format: str) -> None:
+        import tempfile
+        from pathlib import Path
+
+        # The archive is built in a spool first, so a failed build writes nothing to `out`.
+        with tempfile.TemporaryFile(dir=self.tmp_dir, prefix="save-") as spool:
+            self._write_archive(spool, exports, format)
+            spool.seek(0)
+            if not isinstance(out, (str, os.PathLike)):
+                _copy_stream(spool, "the spooled archive", out, "stdout",
+                             f"free space in {self._tmp}")
+                return
+            # A device or FIFO is written in place, because a rename would replace it.
+            try:
+                stream = open(out, "wb")
+            except OSError as error:
+                raise _write_error(Path(out), error) from None
+            with stream:
+                _copy_stream(spool, "the spooled archive", stream, os.fspath(out),
+                             f"free space in {self._tmp}")
 
     def _write_archive(self, stream: BinaryIO, exports: list[archives.ExportImage],
                        format: str) -> None:
@@ -689,6 +755,179 @@ class Store:
             archives.write_oci_archive(stream, exports)
         else:
             archives.write_docker_archive(stream, exports, self.tmp_dir)
+
+
+    # Pull
+
+    def commit_pull(self, names: list[str], manifest: bytes, manifest_media_type: str,
+                    config: bytes, config_media_type: str,
+                    layers: list[tuple[str, str, int]]) -> tuple[ImageRecord, bool]:
+        """Add a pulled image whose layer blobs the registry client already verified.
+
+        `layers` lists (digest, media type, size) of blobs already in blobs/. The config and
+        manifest blobs are written, each layer is unpacked once by chain id and checked against
+        the config's diff_ids, and only then are the names written. Returns the record and
+        whether the store changed (a new image or manifest, or a name that moved).
+        """
+        self.ensure_layout()
+        with self._locked():
+            new = _NewContent()
+            try:
+                record = self._ingest_pulled(manifest, manifest_media_type, config,
+                                             config_media_type, layers, new)
+                images = self._read_index()
+                existing = images.setdefault(record.id, record)
+                changed = existing is record or any(name not in existing.names
+                                                    for name in names)
+                _move_names(images, existing.id, names)
+                self._write_index(images)
+            except BaseException:
+                new.rollback(self)
+                raise
+            if existing is not record:
+                # NOTE: a record has one manifest digest, so an image that is already stored
+                # keeps its manifest, and the blobs that only this copy brought (another
+                # manifest, differently compressed layers) are dropped, as load does.
+                self._collect(images, record)
+        return existing, changed
+
+    def _ingest_pulled(self, manifest: bytes, manifest_media_type: str, config: bytes,
+                       config_media_type: str, layers: list[tuple[str, str, int]],
+                       new: _NewContent) -> ImageRecord:
+        config_digest, _, created = self.write_blob(_bytes_stream(config),
+                                                    digests.of_bytes(config), "image config")
+        if created:
+            new.blobs.append(self.blob_path(config_digest))
+        parsed = _parse_config(config, f"config {config_digest}")
+        diff_ids = parsed["rootfs"]["diff_ids"]
+        if len(diff_ids) != len(layers):
+            raise ImageError(f"config {config_digest} lists {len(diff_ids)} diff_ids but the "
+                             f"manifest has {len(layers)} layers; the image is inconsistent")
+
+        records = []
+        chain_ids = digests.chain_ids(diff_ids)
+        for (digest, media_type, size), diff_id, chain_id in zip(layers, diff_ids, chain_ids):
+            label = f"layer {digest}"
+            with self._uncompressed_layer(digest, label) as path:
+                self._unpack_layer(path, diff_id, chain_id, label, new)
+            records.append(LayerRecord(digest, media_type, size, diff_id, chain_id))
+
+        manifest_digest, _, created = self.write_blob(_bytes_stream(manifest),
+                                                      digests.of_bytes(manifest), "manifest")
+        if created:
+            new.blobs.append(self.blob_path(manifest_digest))
+        return ImageRecord(
+            id=config_digest, names=[], manifest_digest=manifest_digest,
+            manifest_media_type=manifest_media_type, config_media_type=config_media_type,
+            layers=records, size=sum(self._layer_size(c) for c in chain_ids),
+            created=parsed.get("created"), loaded=time.time())
+
+    @contextlib.contextmanager
+    def _uncompressed_layer(self, digest: str, label: str) -> Iterator[Path]:
+        """Yield the blob's path, or for a zstd blob a temporary tar, for _unpack_layer.
+
+        NOTE: layer.open_uncompressed reads gzip and plain tars only, so zstd layers are
+        decompressed into the tmp dir first.
+        """
+        import tempfile
+
+        from kakoi.image.layer import compression_of
+
+        path = self.blob_path(digest)
+        with open(path, "rb") as stream:
+            kind = compression_of(stream)
+        if kind != "zstd":
+            yield path
+            return
+        import zstandard
+
+        fd, temp = tempfile.mkstemp(dir=self._tmp, prefix="zstd-")
+        try:
+            with open(path, "rb") as source, os.fdopen(fd, "wb") as target:
+                zstandard.ZstdDecompressor().copy_stream(source, target)
+            yield _path(temp)
+        except zstandard.ZstdError as error:
+            raise ImageError(f"{label}: invalid zstd data ({error}); pull the image again") \
+                from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+def _check_output(out: str | Path) -> None:
+    from pathlib import Path
+
+    text = os.fspath(out)
+    if text.endswith("/") or Path(text).is_dir():
+        raise InvalidArgument(f"cannot write {text}: it is a directory: give a file path, "
+                              f"such as {os.path.join(text, 'image.tar')}")
+
+
+def _is_regular_or_missing(path: Path) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+
+
+def _write_error(path: Path, error: OSError) -> ImageError:
+    return ImageError(f"cannot write {path}: {error.strerror}: {_write_hint(path, error)}")
+
+
+def _write_hint(path: Path, error: OSError) -> str:
+    import errno
+
+    parent = path.parent
+    if error.errno == errno.ENOENT and not parent.is_dir():
+        return "create the directory first"
+    if error.errno == errno.ENOENT:
+        return f"{parent} does not accept new files; choose a path on another file system"
+    if error.errno == errno.ENOTDIR:
+        return "a parent of it is a file; give a path inside a directory"
+    if error.errno == errno.EISDIR:
+        return "it is a directory: give a file path"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"check the permissions of {parent} or choose another path"
+    if error.errno == errno.EROFS:
+        return "the file system is read-only; choose another path"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space on that file system or choose another path"
+    return "choose another path"
+
+
+def _copy_stream(source: BinaryIO, source_label: str, target: BinaryIO, target_label: str,
+                 read_hint: str) -> None:
+    """Copy `source` into `target`, naming the side that failed in the ImageError.
+
+    BrokenPipeError passes through, so that the command line exits as `cat` does when the
+    reader of a pipe goes away.
+    """
+    while True:
+        try:
+            chunk = source.read(_CHUNK)
+        except OSError as error:
+            raise ImageError(f"cannot read {source_label}: {error.strerror}; "
+                             f"{read_hint}") from None
+        if not chunk:
+            break
+        _write_chunk(target, chunk, target_label)
+    _write_chunk(target, b"", target_label)
+
+
+def _write_chunk(target: BinaryIO, chunk: bytes, label: str) -> None:
+    # An empty chunk only flushes.
+    from pathlib import Path
+
+    try:
+        if chunk:
+            target.write(chunk)
+        else:
+            target.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise _write_error(Path(label), error) from None
 
 
 def _is_hex(text: str) -> bool:

@@ -1,0 +1,238 @@
+"""Blob downloads that verify while they stream and resume after an interruption.
+
+Each layer is streamed once. The compressed bytes are hashed and appended to a partial file in
+the store's tmp dir. They are also decompressed (gzip with isal, zstd with zstandard) to hash
+the uncompressed tar, whose digest is the layer's diff_id. The partial file is renamed into
+blobs/ only when the compressed digest matches, so no partial blob is ever visible there.
+
+The partial file is named after the digest (tmp/pull-<hex>.partial) and kept when a download
+fails or the process is killed, so the next pull asks for the rest with a Range request.
+An exclusive flock on it keeps two concurrent pulls of the same blob apart.
+"""
+
+from __future__ import annotations
+
+from contextlib import closing
+
+import fcntl
+import hashlib
+import os
+
+import httpx
+
+from kakoi import log
+from kakoi.errors import DigestMismatchError
+from kakoi.image import digest as digests
+from kakoi.registry.client import RegistryClient, backoff_delay
+from kakoi.registry.errors import RegistryError
+
+_CHUNK = 1 << 20
+# Decompressed output per call, so a small compressed chunk cannot expand into gigabytes.
+_MAX_OUTPUT = 8 << 20
+
+
+class LayerDecoder:
+    """The sha256 of the compressed stream and of its decompressed content."""
+
+    def __init__(self, compression: str, label: str = "layer"):
+        self.compression = compression
+        self.label = label
+        self.compressed = hashlib.sha256()
+        self.uncompressed = hashlib.sha256()
+        self.size = 0
+        self._decompressor = None
+        self._finished_member = False
+
+    def _new_decompressor(self):
+        if self.compression == "gzip":
+            from isal import isal_zlib
+
+            return isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj()
+
+    def feed(self, data: bytes) -> None:
+        self.compressed.update(data)
+        self.size += len(data)
+        if self.compression == "none":
+            self.uncompressed.update(data)
+            return
+        self._decompress(data)
+
+    def _decompress(self, data: bytes) -> None:
+        # Both formats allow several members or frames back to back; each gets a new object.
+        while data:
+            if self._decompressor is None:
+                self._decompressor = self._new_decompressor()
+            decompressor = self._decompressor
+            try:
+                if self.compression == "gzip":
+                    output = decompressor.decompress(data, _MAX_OUTPUT)
+                    self.uncompressed.update(output)
+                    while decompressor.unconsumed_tail:
+                        output = decompressor.decompress(decompressor.unconsumed_tail,
+                                                         _MAX_OUTPUT)
+                        self.uncompressed.update(output)
+                else:
+                    self.uncompressed.update(decompressor.decompress(data))
+            except Exception as error:
+                raise DigestMismatchError(f"{self.label}: invalid {self.compression} data "
+                                          f"({error}); the registry served damaged content") \
+                    from None
+            if not decompressor.eof:
+                return
+            data = decompressor.unused_data
+            self._decompressor = None
+            self._finished_member = True
+
+    def finish(self, label: str) -> str:
+        """Check that the compressed stream ended cleanly; return the diff_id."""
+        if self.compression != "none" and (self._decompressor is not None
+                                           or not self._finished_member):
+            raise DigestMismatchError(f"{label}: the {self.compression} stream ends early; the "
+                                      "registry served a truncated layer")
+        return f"sha256:{self.uncompressed.hexdigest()}"
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{self.compressed.hexdigest()}"
+
+
+def partial_path(tmp_dir: str, digest: str) -> str:
+    return os.path.join(tmp_dir, f"pull-{digests.validate(digest)}.partial")
+
+
+class BlobDownload:
+    """One layer blob to fetch into the store; `run` returns its diff_id, or None if present."""
+
+    def __init__(self, client: RegistryClient, repository: str, digest: str, size: int,
+                 compression: str, tmp_dir: str, blob_path: str, progress=None, sleep=None):
+        self.client = client
+        self.repository = repository
+        self.digest = digest
+        self.size = size
+        self.compression = compression
+        self.tmp_dir = tmp_dir
+        self.blob_path = blob_path
+        self.progress = progress
+        self._sleep = sleep or client._sleep
+        self.label = f"blob {digest} of {repository}"
+
+    def _report(self, method: str, *args) -> None:
+        if self.progress is not None:
+            getattr(self.progress, method)(self.digest, *args)
+
+    def run(self) -> str | None:
+        if os.path.exists(self.blob_path):
+            self._report("exists")
+            return None
+        path = partial_path(self.tmp_dir, self.digest)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Another pull may have finished this blob while this one waited for the lock.
+            if os.path.exists(self.blob_path):
+                if os.fstat(fd).st_size == 0:
+                    os.unlink(path)
+                self._report("exists")
+                return None
+            return self._download(fd, path)
+        finally:
+            os.close(fd)
+
+    def _download(self, fd: int, path: str) -> str:
+        received = 0
+        for attempt in range(1, self.client.max_attempts + 1):
+            decoder = self._resume_state(fd)
+            self._report("start", self.size, decoder.size)
+            try:
+                self._fetch(fd, decoder)
+            except (httpx.TransportError, _ShortRead) as error:
+                received = os.fstat(fd).st_size
+                if attempt == self.client.max_attempts:
+                    break
+                delay = backoff_delay(attempt)
+                log.debug("%s: interrupted at %d bytes (%s); resuming in %.1fs", self.label,
+                          received, error, delay)
+                self._sleep(delay)
+                continue
+            except DigestMismatchError:
+                os.ftruncate(fd, 0)
+                os.unlink(path)
+                raise
+            return self._commit(fd, path, decoder)
+        raise RegistryError(f"{self.label} is truncated: received {received} of {self.size} "
+                            f"bytes in {self.client.max_attempts} attempts; run the pull again "
+                            "to resume it")
+
+    def _resume_state(self, fd: int) -> LayerDecoder:
+        """Hash the bytes already in the partial file, so the download continues after them."""
+        decoder = LayerDecoder(self.compression, self.label)
+        if os.fstat(fd).st_size > self.size:
+            os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            while chunk := os.read(fd, _CHUNK):
+                decoder.feed(chunk)
+        except DigestMismatchError:
+            # Damaged partial data: start again from the first byte.
+            os.ftruncate(fd, 0)
+            decoder = LayerDecoder(self.compression, self.label)
+        os.lseek(fd, 0, os.SEEK_END)
+        return decoder
+
+    def _fetch(self, fd: int, decoder: LayerDecoder) -> None:
+        offset = decoder.size
+        if offset == self.size:
+            return
+        response = self.client.open_blob(self.repository, self.digest, offset)
+        with closing(response):
+            if response.status_code == 416 or (offset and not self._range_honoured(response,
+                                                                                   offset)):
+                # The server ignored or refused the range: start over from the first byte.
+                os.ftruncate(fd, 0)
+                raise _ShortRead(f"range from {offset} not served")
+            for chunk in response.iter_raw(_CHUNK):
+                if decoder.size + len(chunk) > self.size:
+                    raise DigestMismatchError(
+                        f"{self.label} is larger than the {self.size} bytes that the manifest "
+                        "gives; the registry served wrong content")
+                os.write(fd, chunk)
+                decoder.feed(chunk)
+                self._report("advance", len(chunk))
+        if decoder.size < self.size:
+            raise _ShortRead(f"stream ended at {decoder.size} bytes")
+
+    @staticmethod
+    def _range_honoured(response: httpx.Response, offset: int) -> bool:
+        content_range = response.headers.get("Content-Range", "")
+        return response.status_code == 206 and content_range.startswith(f"bytes {offset}-")
+
+    def _commit(self, fd: int, path: str, decoder: LayerDecoder) -> str:
+        if decoder.digest != self.digest:
+            os.unlink(path)
+            raise DigestMismatchError(f"{self.label} hashes to {decoder.digest}; the registry "
+                                      "served wrong content, check the registry and try again")
+        try:
+            diff_id = decoder.finish(self.label)
+        except DigestMismatchError:
+            os.unlink(path)
+            raise
+        os.fsync(fd)
+        os.rename(path, self.blob_path)
+        _fsync_dir(os.path.dirname(self.blob_path))
+        self._report("done")
+        return diff_id
+
+
+class _ShortRead(Exception):
+    """The response ended before the blob did; the download resumes from where it stopped."""
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,207 @@
+"""`kakoi pull`: fetch an image from a registry into the local store.
+
+The steps: resolve the reference to a manifest (selecting a platform from an index), fetch and
+verify the config, download the layers in parallel while verifying their digests and diff_ids,
+then hand everything to the store, which unpacks the layers by chain id and writes the name and
+manifest digest last. A failure at any step leaves the store's images as they were.
+"""
+
+from __future__ import annotations
+
+from contextlib import closing
+
+from concurrent.futures import ThreadPoolExecutor
+
+from kakoi import log
+from kakoi.errors import DigestMismatchError
+from kakoi.image import reference as references
+from kakoi.registry import config as configs
+from kakoi.registry import credentials as creds
+from kakoi.registry import manifest as manifests
+from kakoi.registry.blob import BlobDownload
+from kakoi.registry.client import RegistryClient, check_digest
+from kakoi.registry.errors import ManifestError, RegistryError
+from kakoi.registry.progress import Quiet
+
+PARALLEL_DOWNLOADS = 3
+MAX_CONFIG_SIZE = 16 << 20
+
+
+class PullResult:
+    """What a pull stored: the image id, the digest that the reference resolved to, and news."""
+
+    def __init__(self, image_id: str, digest: str, name: str, updated: bool):
+        self.image_id = image_id
+        self.digest = digest
+        self.name = name
+        self.updated = updated
+
+
+class ResolvedImage:
+    """A platform manifest and the digest of what the reference named (manifest or index)."""
+
+    def __init__(self, client: RegistryClient, manifest: bytes, media_type: str,
+                 digest: str, from_index: bool):
+        self.client = client
+        self.manifest = manifest
+        self.media_type = media_type
+        self.digest = digest
+        self.from_index = from_index
+
+
+def make_client(domain: str, registries: dict | None = None, transport=None,
+                **options) -> RegistryClient:
+    """Return a client for the registry of a reference's domain, with stored credentials."""
+    settings = configs.settings_for(domain, registries)
+    return RegistryClient(configs.api_host(domain), settings, creds.lookup(domain),
+                          transport=transport, **options)
+
+
+def _clients(ref: references.Reference, transport, options) -> list[RegistryClient]:
+    registries = configs.load()
+    settings = configs.settings_for(ref.domain, registries)
+    mirrors = [make_client(host, registries, transport, **options) for host in settings.mirrors]
+    return mirrors + [make_client(ref.domain, registries, transport, **options)]
+
+
+def resolve(clients: list[RegistryClient], ref: references.Reference,
+            platform: manifests.Platform | None) -> ResolvedImage:
+    """Fetch the manifest from the first mirror that has it, else from the registry."""
+    for client in clients[:-1]:
+        try:
+            return _resolve_with(client, ref, platform)
+        except (RegistryError, DigestMismatchError) as error:
+            log.debug("mirror %s failed for %s: %s", client.host, ref, error)
+    return _resolve_with(clients[-1], ref, platform)
+
+
+def _resolve_with(client: RegistryClient, ref: references.Reference,
+                  platform: manifests.Platform | None) -> ResolvedImage:
+    body, media_type, header_digest = client.get_manifest(ref.path, ref.digest or ref.tag)
+    digest = check_digest(body, ref.digest or header_digest, f"manifest of {ref}")
+    if media_type not in manifests.INDEX_TYPES:
+        return ResolvedImage(client, body, media_type, digest, False)
+
+    requested = platform or manifests.host_platform()
+    entry = manifests.select_platform(body, requested, ref.familiar())
+    child, child_type, _ = client.get_manifest(ref.path, entry.digest)
+    check_digest(child, entry.digest, f"manifest {entry.digest} of {ref}")
+    if child_type in manifests.INDEX_TYPES:
+        raise ManifestError(f"the index of {ref} points to another index for {requested}; "
+                            "nested indexes are not supported")
+    return ResolvedImage(client, child, child_type, digest, True)
+
+
+def fetch_config(client: RegistryClient, repository: str,
+                 descriptor: manifests.Descriptor) -> bytes:
+    if descriptor.size > MAX_CONFIG_SIZE:
+        raise ManifestError(f"the image config is {descriptor.size} bytes, more than the limit "
+                            f"of {MAX_CONFIG_SIZE} bytes")
+    response = client.open_blob(repository, descriptor.digest)
+    with closing(response):
+        client.check_status(response, f"config {descriptor.digest}")
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > descriptor.size:
+                break
+    check_digest(bytes(body), descriptor.digest, f"config {descriptor.digest}")
+    return bytes(body)
+
+
+def _check_config(config_bytes: bytes, image: manifests.ImageManifest,
+                  platform: manifests.Platform | None, name: str) -> list[str]:
+    config = manifests.parse_json(config_bytes, "image config")
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(image.layers):
+        raise ManifestError(f"the config of {name} lists "
+                            f"{len(diff_ids) if isinstance(diff_ids, list) else 'no'} diff_ids "
+                            f"for {len(image.layers)} layers; the image is inconsistent")
+    if platform is not None:
+        actual = manifests.Platform(str(config.get("os", "")),
+                                    str(config.get("architecture", "")), config.get("variant"))
+        same = (actual.os, actual.architecture) == (platform.os, platform.architecture)
+        if not same or (platform.variant and actual.variant
+                        and actual.variant != platform.variant):
+            raise ManifestError(f"image {name} is for {actual}, not for the requested "
+                                f"platform {platform}; choose another --platform or image")
+    return diff_ids
+
+
+def download_layers(store, client: RegistryClient, repository: str,
+                    layers: list[manifests.Descriptor], progress) -> list[str | None]:
+    """Download every layer not yet in the store; return each computed diff_id (None if kept)."""
+    store.ensure_layout()
+    jobs = [BlobDownload(client, repository, layer.digest, layer.size,
+                         manifests.LAYER_COMPRESSION[layer.media_type], str(store.tmp_dir),
+                         str(store.blob_path(layer.digest)), progress)
+            for layer in layers]
+    unique = {job.digest: job for job in jobs}
+    pool = ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS, thread_name_prefix="kakoi-pull")
+    try:
+        futures = {digest: pool.submit(job.run) for digest, job in unique.items()}
+        results = {digest: future.result() for digest, future in futures.items()}
+    except BaseException:
+        # Downloads not yet started are dropped; running ones finish into their partial files.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return [results[job.digest] for job in jobs]
+
+
+def pull(store, text: str, platform: manifests.Platform | None = None, progress=None,
+         transport=None, **options) -> PullResult:
+    """Pull the image named by `text` into `store` and return what was stored."""
+    progress = progress or Quiet()
+    ref = references.parse(text)
+    clients = _clients(ref, transport, options)
+    try:
+        progress.line(f"{ref.tag or ref.digest}: Pulling from {ref.path}")
+        resolved = resolve(clients, ref, platform)
+        return _fetch_and_commit(store, ref, resolved, platform, progress)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def _fetch_and_commit(store, ref: references.Reference, resolved: ResolvedImage,
+                      platform: manifests.Platform | None, progress) -> PullResult:
+    image = manifests.parse_manifest(resolved.manifest, resolved.media_type)
+    client = resolved.client
+    config_bytes = fetch_config(client, ref.path, image.config)
+    # An explicit --platform is checked against a single manifest's config too.
+    check_platform = platform if not resolved.from_index else None
+    diff_ids = _check_config(config_bytes, image, check_platform, ref.familiar())
+
+    computed = download_layers(store, client, ref.path, image.layers, progress)
+    for layer, expected, actual in zip(image.layers, diff_ids, computed):
+        if actual is not None and actual != expected:
+            raise DigestMismatchError(f"layer {layer.digest} of {ref} uncompresses to {actual}, "
+                                      f"but the config's diff_id is {expected}; the image is "
+                                      "damaged, check the registry")
+
+    # NOTE: the store records the platform manifest's digest, so for an index the image's
+    # RepoDigest differs from the printed index digest and NAME@INDEX-DIGEST does not resolve.
+    name = str(ref) if ref.tag is not None else None
+    layers = [(layer.digest, layer.media_type, layer.size) for layer in image.layers]
+    record, updated = store.commit_pull(
+        names=[name] if name else [], manifest=resolved.manifest,
+        manifest_media_type=resolved.media_type, config=config_bytes,
+        config_media_type=image.config.media_type or manifests.MEDIA_OCI_CONFIG, layers=layers)
+    return PullResult(record.id, resolved.digest, str(ref), updated)
+
+
+def login(host: str, username: str, password: str, transport=None, **options) -> str:
+    """Verify the credentials against the registry's /v2/ and store them; return the file."""
+    registries = configs.load()
+    settings = configs.settings_for(host, registries)
+    client = RegistryClient(configs.api_host(host), settings, (username, password),
+                            transport=transport, **options)
+    try:
+        client.check_login()
+    finally:
+        client.close()
+    return creds.store(host, username, password)
+
+
+__all__ = ["pull", "login", "PullResult", "resolve", "make_client"]
