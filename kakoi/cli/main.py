@@ -9,7 +9,7 @@ import os
 import sys
 
 from kakoi import __version__
-from kakoi.cli.lazy import OneCommand, split_command
+from kakoi.cli.lazy import HelpFormatter, OneCommand, split_command
 from kakoi.errors import KakoiError
 
 DEFAULT_ROOT = "/var/lib/kakoi"
@@ -17,6 +17,10 @@ DEFAULT_ROOT = "/var/lib/kakoi"
 
 class ArgumentParser(argparse.ArgumentParser):
     """Report bad flags with Docker's exit code 125 instead of argparse's 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.print_usage(sys.stderr)

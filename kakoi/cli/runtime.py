@@ -10,18 +10,29 @@ import os
 import sys
 
 from kakoi import __version__
+from kakoi.cli.lazy import HelpFormatter, OneCommand, split_command
 from kakoi.errors import KakoiError
 
 SPEC_VERSION = "1.0.2"
 
 
 class ArgumentParser(argparse.ArgumentParser):
+    """Exit with status 1 on a bad flag, as runc does."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         self.print_usage(sys.stderr)
         self.exit(1, f"kakoi-runtime: {message}\n")
 
 
-def build_parser() -> ArgumentParser:
+_GLOBAL_FLAGS_WITH_VALUES = {"--root", "--log", "--log-format", "--criu", "--rootless"}
+
+
+def build_parser(command: str | None = None) -> ArgumentParser:
+    """Return the parser; with command, one that builds only that command's parser."""
     from kakoi.runtime.state import DEFAULT_ROOT
 
     parser = ArgumentParser(prog="kakoi-runtime",
@@ -38,8 +49,13 @@ def build_parser() -> ArgumentParser:
                         help="manage cgroups through systemd (not supported)")
     parser.add_argument("--criu", help=argparse.SUPPRESS)
     parser.add_argument("--rootless", default="auto", help="rootless mode: auto or false")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                     parser_class=ArgumentParser)
+    if command is None:
+        commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                         parser_class=ArgumentParser)
+    else:
+        commands = OneCommand(command, "kakoi-runtime", ArgumentParser)
+        parser.add_argument("command", choices=[command])
+        parser.add_argument("arguments", nargs=argparse.REMAINDER)
     _add_create_flags(commands.add_parser("create", help="create a container"))
     run = commands.add_parser("run", help="create and start a container")
     _add_create_flags(run)
@@ -74,7 +90,26 @@ def build_parser() -> ArgumentParser:
     spec = commands.add_parser("spec", help="write a default config.json")
     spec.add_argument("-b", "--bundle", default=".", help="bundle directory")
     spec.add_argument("--rootless", action="store_true", help="a spec for rootless use")
+    if command is not None:
+        parser.set_defaults(subparser=commands.parser)
     return parser
+
+
+def parse(argv: list[str]):
+    """Parse the global flags, then the command's own flags with that command's parser.
+
+    Building the parsers of all fifteen commands costs about 10 ms, a fifth of a
+    container start, so only the one being run is built.
+    """
+    index = split_command(argv, _GLOBAL_FLAGS_WITH_VALUES)
+    command = argv[index] if index is not None else None
+    parser = build_parser(command) if command in _COMMANDS else None
+    if parser is None:
+        return build_parser().parse_args(argv)  # help, version, or an unknown command
+    args = parser.parse_args(argv)
+    args.subparser.parse_args(args.arguments, namespace=args)
+    args.command = command
+    return args
 
 
 def _add_create_flags(parser) -> None:
@@ -123,10 +158,9 @@ def _add_update_parser(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     if not args.command:
-        parser.print_help(sys.stderr)
+        build_parser().print_help(sys.stderr)
         return 1
     if args.debug:
         from kakoi import log
