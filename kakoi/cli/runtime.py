@@ -89,7 +89,10 @@ def build_parser(command: str | None = None) -> ArgumentParser:
     commands.add_parser("features", help="print the features of this runtime as JSON")
     spec = commands.add_parser("spec", help="write a default config.json")
     spec.add_argument("-b", "--bundle", default=".", help="bundle directory")
-    spec.add_argument("--rootless", action="store_true", help="a spec for rootless use")
+    # Its own dest: the global --rootless fills args.rootless first, and argparse does
+    # not overwrite an attribute that is already there with this flag's default.
+    spec.add_argument("--rootless", action="store_true", dest="rootless_spec",
+                      help="a spec for rootless use")
     if command is not None:
         parser.set_defaults(subparser=commands.parser)
     return parser
@@ -474,7 +477,7 @@ def _spec(args) -> int:
     if os.path.exists(path):
         raise KakoiError(f"{path} already exists: remove it first")
     with open(path, "w") as file:
-        json.dump(default_spec(rootless=args.rootless), file, indent=2)
+        json.dump(default_spec(rootless=args.rootless_spec), file, indent=2)
         file.write("\n")
     return 0
 

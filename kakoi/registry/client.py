@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from contextlib import closing
 
+import threading
 import time
 from urllib.parse import urljoin, urlsplit
 
@@ -85,6 +86,10 @@ class RegistryClient:
         self._transport = transport
         self._sleep = sleep
         self._clients: dict[bool, httpx.Client] = {}
+        # Layer transfers share one client from several threads; the first request of
+        # each finds the scheme, which must happen once, or a client leaks per thread.
+        self._lock = threading.Lock()
+        self._ping_lock = threading.Lock()
         self.base: str | None = None
         self.verify = True
         self.auth = auths.Authenticator(host, credentials, self._fetch_token, clock)
@@ -95,6 +100,10 @@ class RegistryClient:
         self._clients.clear()
 
     def _client(self, verify: bool) -> httpx.Client:
+        with self._lock:
+            return self._client_locked(verify)
+
+    def _client_locked(self, verify: bool) -> httpx.Client:
         client = self._clients.get(verify)
         if client is None:
             options = {"transport": self._transport} if self._transport is not None else {}
@@ -128,6 +137,11 @@ class RegistryClient:
         """Find the scheme, check that /v2/ responds, and take its authentication challenge."""
         if self.base is not None:
             return
+        with self._ping_lock:
+            if self.base is None:
+                self._ping()
+
+    def _ping(self) -> None:
         schemes = [("https", not self.settings.insecure)]
         if self.settings.allow_http:
             schemes.append(("http", False))
@@ -143,6 +157,11 @@ class RegistryClient:
                 # A certificate that fails verification is reported, not bypassed with HTTP.
                 if getattr(error, "certificate", False):
                     raise
+                # Close the failed probe's client now: its half-open TLS connection would
+                # otherwise linger until garbage collection.
+                failed = self._clients.pop(verify, None)
+                if failed is not None:
+                    failed.close()
                 last = error
                 continue
             self.base, self.verify = base, verify

@@ -94,7 +94,7 @@ class _Retry(Exception):
 
 
 class BlobUpload:
-    """One blob of the store to make present in `repository`; `run` says how it got there."""
+    """One blob of the store to make present in `repository`, with `run` returning how."""
 
     def __init__(self, client: RegistryClient, repository: str, digest: str, size: int,
                  path: str, mount_from: list[str], progress, chunk_size: int = CHUNK_SIZE):
@@ -196,7 +196,7 @@ class BlobUpload:
             response = self.client.request("POST", path, self.scope, {"Content-Length": "0"})
         self.client.check_status(response, self.label)
         if response.status_code != 202:
-            raise RegistryError(f"registry {self.client.host} answered HTTP "
+            raise RegistryError(f"registry {self.client.host} returned HTTP "
                                 f"{response.status_code} to the upload of {self.label}; "
                                 "expected 202")
         self._apply_min_chunk(response)
@@ -235,7 +235,7 @@ class BlobUpload:
         return location
 
     def _status(self, location: str, why: str) -> tuple[int, str]:
-        """Ask the session how much it holds, after a chunk failed with `why`."""
+        """Return the offset and location that the session reports after a chunk failed."""
         self.failures += 1
         if self.failures >= self.client.max_attempts:
             raise _Retry(f"{self.failures} chunks failed, last: {why}")
@@ -247,7 +247,7 @@ class BlobUpload:
             raise _Retry(f"chunk failed ({why}), status HTTP {response.status_code}")
         reported = _range_end(response.headers.get("Range"))
         offset = 0 if reported is None else reported + 1
-        log.debug("%s: chunk failed (%s); the registry holds %d bytes", self.label, why, offset)
+        log.debug("%s: chunk failed (%s); the registry contains %d bytes", self.label, why, offset)
         self.progress.start(self.digest, self.size, offset)
         return offset, self._location(response, location)
 

@@ -63,8 +63,20 @@ def test_unpack_gzip_diff_id_is_uncompressed(tmp_path):
     assert result.diff_id == digests.of_bytes(data)
 
 
-def test_unpack_zstd_not_supported(tmp_path):
-    with pytest.raises(ImageError, match="zstd.*not supported"):
+def test_unpack_zstd_layer(tmp_path):
+    import hashlib
+
+    import zstandard
+
+    data = tar_bytes([entry("etc"), file_entry("etc/motd", b"zstd layer\n")])
+    result = unpack_bytes(zstandard.ZstdCompressor().compress(data), tmp_path / "layer")
+
+    assert (tmp_path / "layer/etc/motd").read_bytes() == b"zstd layer\n"
+    assert result.diff_id == "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_unpack_damaged_zstd_is_rejected(tmp_path):
+    with pytest.raises(ImageError):
         unpack_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 600, tmp_path / "layer")
 
 

@@ -1,0 +1,163 @@
+#!/bin/sh
+# Time `kakoi pull` against `skopeo copy` and `podman pull` from a loopback registry, with
+# `tar -xzf` of the image's largest layer blob as the reference, in one hyperfine call.
+#
+# Usage, as root after scripts/install.sh (the Debian fixture image must be built, see
+# tests/registry_fixtures.py):
+#   bench/run-pull-bench.sh     write bench/results/pull-<UTC timestamp>/
+#
+# Environment:
+#   RUNS=10        timed runs per command (hyperfine --runs)
+#   WARMUP=2       untimed warm-up runs per command (hyperfine --warmup)
+#   KAKOI          the kakoi to time (default .venv/bin/kakoi)
+#
+# A docker-registry runs on 127.0.0.1 with a free port and gets the debian (minbase) and
+# layered images from skopeo. Every run pulls into a fresh destination: the --prepare
+# command moves the previous one aside (deleting many files right before a timed run slows
+# the next run's file creation on this disk). Everything is removed on exit.
+set -eu
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+runs=${RUNS:-10}
+warmup=${WARMUP:-2}
+kakoi=${KAKOI:-$repo/.venv/bin/kakoi}
+images=${IMAGES:-$repo/tests/fixtures/out}
+work=""
+registry_pid=""
+
+fail() {
+    echo "run-pull-bench.sh: $*" >&2
+    exit 1
+}
+
+check_prerequisites() {
+    [ "$(id -u)" = 0 ] || fail "must run as root: podman and kakoi use root stores"
+    [ -x "$kakoi" ] || fail "missing $kakoi: run scripts/install.sh first"
+    for tool in hyperfine skopeo podman docker-registry tar; do
+        command -v "$tool" >/dev/null || fail "missing $tool: run scripts/install.sh first"
+    done
+    for name in debian-bookworm layered; do
+        [ -f "$images/$name-oci.tar" ] || fail "missing $images/$name-oci.tar: build it" \
+            "with scripts/build-fixture-images.py --out $images"
+    done
+}
+
+cleanup() {
+    set +e
+    [ -n "$registry_pid" ] && kill "$registry_pid" && wait "$registry_pid" 2>/dev/null
+    [ -n "$work" ] && rm -rf "$work"
+}
+
+free_port() {
+    "$repo/.venv/bin/python" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_registry() {
+    port=$(free_port)
+    registry=127.0.0.1:$port
+    cat >"$work/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: "$work/registry"
+http:
+  addr: $registry
+EOF
+    # docker-registry reads REGISTRY_* variables as settings, so skopeo's auth file stays out.
+    env -u REGISTRY_AUTH_FILE docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+    registry_pid=$!
+    tries=0
+    until curl -sf --noproxy '*' "http://$registry/v2/" >/dev/null; do
+        tries=$((tries + 1))
+        [ $tries -lt 100 ] || fail "registry did not start: $(tail -5 "$work/registry.log")"
+        sleep 0.1
+    done
+}
+
+# skopeo, podman and kakoi with private configuration: nothing goes past loopback.
+setup_tools() {
+    printf '{"default": [{"type": "insecureAcceptAnything"}]}\n' >"$work/policy.json"
+    printf 'unqualified-search-registries = []\n' >"$work/registries.conf"
+    printf '{"registries": {}}\n' >"$work/kakoi-registries.json"
+    mkdir -p "$work/home" "$work/tmp" "$work/old"
+    export HOME="$work/home" TMPDIR="$work/tmp" XDG_RUNTIME_DIR="$work/home"
+    export CONTAINERS_REGISTRIES_CONF="$work/registries.conf"
+    export REGISTRY_AUTH_FILE="$work/home/auth.json"
+    export KAKOI_REGISTRIES_CONFIG="$work/kakoi-registries.json" DOCKER_CONFIG="$work/home"
+    unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY || true
+    echo '{}' >"$REGISTRY_AUTH_FILE"
+}
+
+fill_registry() {
+    for name in debian layered; do
+        archive=$images/$name-oci.tar
+        [ "$name" = debian ] && archive=$images/debian-bookworm-oci.tar
+        skopeo --policy "$work/policy.json" copy --quiet --dest-tls-verify=false \
+            "oci-archive:$archive" "docker://$registry/bench/$name:1"
+        # The largest layer's blob, for the tar -xzf reference.
+        digest=$(skopeo --policy "$work/policy.json" inspect --raw --tls-verify=false \
+            "docker://$registry/bench/$name:1" | "$repo/.venv/bin/python" -c '
+import json, sys
+print(max(json.load(sys.stdin)["layers"], key=lambda layer: layer["size"])["digest"])')
+        hex=${digest#sha256:}
+        cp "$work/registry/docker/registry/v2/blobs/sha256/$(echo "$hex" | cut -c1-2)/$hex/data" \
+            "$work/$name-layer.tar.gz"
+    done
+}
+
+new_results_dir() {
+    results=$repo/bench/results
+    mkdir -p "$results/previous"
+    for old in "$results"/pull-2*; do
+        [ -d "$old" ] && mv "$old" "$results/previous/"
+    done
+    out=$results/pull-$(date -u +%Y%m%dT%H%M%SZ)
+    mkdir -p "$out"
+    {
+        echo "kernel: $(uname -r)"
+        echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+        echo "cpus: $(nproc)"
+        echo "hyperfine: $(hyperfine --version)"
+        echo "skopeo: $(skopeo --version)"
+        echo "podman: $(podman --version)"
+        echo "kakoi: $(git -C "$repo" rev-parse --short HEAD) (+ working tree)"
+    } >"$out/machine.txt"
+}
+
+
+# Eight commands (four tools, two images), alternating tools, so that the disk's state
+# affects them alike.
+run_bench() {
+    podman_options="--root $work/dest/podman --runroot $work/dest/podman-run"
+    podman_options="$podman_options --storage-driver vfs"
+    set --
+    for image in debian layered; do
+        ref=$registry/bench/$image:1
+        set -- "$@" \
+            --prepare "$aside" -n "kakoi pull $image" \
+            "env KAKOI_ROOT=$work/dest/kakoi $kakoi pull -q $ref" \
+            --prepare "$aside" -n "skopeo copy $image" \
+            "skopeo --policy $work/policy.json copy --quiet --src-tls-verify=false docker://$ref oci:$work/dest/oci" \
+            --prepare "$aside" -n "podman pull $image" \
+            "podman $podman_options pull -q --tls-verify=false $ref" \
+            --prepare "$aside" -n "tar -xzf $image layer" \
+            "tar -xzf $work/$image-layer.tar.gz -C $work/dest"
+    done
+    printf '%s\n' "hyperfine --warmup $warmup --runs $runs $*" >"$out/commands.txt"
+    hyperfine --warmup "$warmup" --runs "$runs" \
+        --export-markdown "$out/results.md" --export-json "$out/results.json" "$@"
+}
+
+check_prerequisites
+work=$(mktemp -d /tmp/kakoi-pull-bench-XXXXXX)
+trap cleanup EXIT INT TERM
+aside="mv $work/dest $work/old/\$(date +%s%N) 2>/dev/null; mkdir -p $work/dest"
+setup_tools
+start_registry
+fill_registry
+new_results_dir
+run_bench
+echo "results in $out"
