@@ -71,5 +71,7 @@ def remove(root: str, name_or_id: str, force: bool = False) -> None:
                 os.kill(status["Pid"], signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            _remove_cgroup(record)
+        # Also for a container that never got to run: a kakoi killed between creating
+        # its cgroup and starting it leaves the cgroup behind with a "created" record.
+        _remove_cgroup(record)
         remove_directory(os.path.join(state.containers_dir(root), record["Id"]))

@@ -131,6 +131,9 @@ def _run_bundle(root: str, directory: str, record: dict, spec: dict, layer_dirs:
 
     record["Command"] = spec["process"]["args"]
     record["CgroupsPath"] = spec["linux"]["cgroupsPath"]
+    # Written before the cgroup exists, so that `kakoi rm` can find and remove it even if
+    # this process is killed before the container starts.
+    state.write_record(directory, record)
     stdin = 0 if options.interactive else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     forwarder = attach.SignalForwarder()
     try:
