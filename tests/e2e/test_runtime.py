@@ -892,3 +892,31 @@ def test_terminal_without_console_socket(side, name):
     assert_nothing_left(runtime, container_id)
     if name == "kakoi":
         assert_one_line_error(result)
+
+
+# Hardening.
+
+
+def test_runtime_executable_unreachable_from_container(side):
+    """A created container's init is still the runtime's Python: no process may reach it.
+
+    It is not dumpable until it execs, so /proc/1/exe (the host's interpreter, the
+    CVE-2019-5736 kind of target) cannot be opened from inside the container.
+    """
+    runtime = side.kakoi
+    container_id, bundle = side.bundle("kakoi", ["sleep", "60"])
+    runtime("create", "--bundle", str(bundle), container_id, check=True)
+    result = runtime("exec", container_id, "sh", "-c",
+                     "cat /proc/1/exe > /dev/null && echo read; "
+                     "echo x 2>/dev/null >> /proc/1/exe && echo written; "
+                     "readlink /proc/1/fd/0 && echo fd-link")
+    assert result.stdout.strip() == ""
+    assert "Permission denied" in result.stderr
+
+
+def test_no_runtime_fd_reaches_container(side):
+    """Only stdio (and --preserve-fds) reach the program: the CVE-2024-21626 kind of leak."""
+    result = side.kakoi("run", "--bundle", str(side.bundle("kakoi", ["ls", "/proc/self/fd"])[1]),
+                        side.bundles.ids[-1])
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split()) == ["0", "1", "2", "3"]  # 3 is ls's own directory
