@@ -62,6 +62,20 @@ class LayerEscapeError(ImageError):
     """A layer entry would be written outside the layer root."""
 
 
+class BuildError(KakoiError):
+    """A Dockerfile is invalid or a build step failed.
+
+    With a line number the message starts with `FILENAME:LINE: `; without one it is used as is,
+    and line stays None.
+    """
+
+    def __init__(self, message: str, line: int | None = None, filename: str = "Dockerfile"):
+        self.message = message
+        self.line = line
+        self.filename = filename
+        super().__init__(f"{filename}:{line}: {message}" if line is not None else message)
+
+
 class ContainerError(KakoiError):
     """A container cannot be created, found or removed."""
 

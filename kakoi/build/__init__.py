@@ -1,0 +1,1 @@
+"""Building images from Dockerfiles: the parser, the layer cache and the executor."""
