@@ -29,7 +29,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Return the parser; with command, one whose subcommand parser is built for it alone."""
-    from kakoi.cli import containers, images, registry
+    from kakoi.cli import build, containers, images, registry
 
     parser = ArgumentParser(prog="kakoi", description="Run OCI containers.")
     parser.add_argument("--version", action="version", version=f"kakoi {__version__}")
@@ -44,6 +44,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         subparsers = OneCommand(command, "kakoi", ArgumentParser)
     containers.register(subparsers)
     images.register(subparsers)
+    build.register(subparsers)
     registry.register(subparsers)
     if command is not None:
         parser.add_argument("command", choices=[command])

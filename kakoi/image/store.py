@@ -154,6 +154,15 @@ class LoadedImage(_Record):
         self.names = names
 
 
+class UnpackedLayer:
+    """A layer unpacked into a new_layer_work dir, with its verified diff_id and file bytes."""
+
+    def __init__(self, path: Path, diff_id: str, size: int):
+        self.path = path
+        self.diff_id = diff_id
+        self.size = size
+
+
 class _NewContent:
     """Blobs and layer dirs created by one load, removed again when the load fails."""
 
@@ -355,31 +364,50 @@ class Store:
 
     def _unpack_layer(self, blob: Path, diff_id: str, chain_id: str, label: str,
                       new: _NewContent) -> None:
-        import tempfile
-        from pathlib import Path
-
         from kakoi.image.layer import unpack
 
         final = self.layer_dir(chain_id)
         if final.exists():
             self._check_diff_id(blob, diff_id, label)
             return
-        work = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="layer-"))
+        work = self.new_layer_work()
         try:
-            os.chmod(work, 0o755)
-            (work / "diff").mkdir()
             with open(blob, "rb") as stream:
                 result = unpack(stream, work / "diff", label)
             if result.diff_id != diff_id:
                 raise DigestMismatchError(
                     f"{label}: uncompressed content hashes to {result.diff_id}, but the config's "
                     f"diff_id is {diff_id}; the archive is damaged or inconsistent")
-            meta = {"diff_id": diff_id, "chain_id": chain_id, "size": result.size}
-            (work / "meta.json").write_text(json.dumps(meta))
-            os.rename(work, final)
+            self._install_layer(work, UnpackedLayer(work, diff_id, result.size), chain_id, new)
         except BaseException:
             self._discard_layer_dir(work)
             raise
+
+    def new_layer_work(self) -> Path:
+        """Create an empty layer dir (with its diff/) in tmp/, to unpack into and then install."""
+        import tempfile
+        from pathlib import Path
+
+        self.ensure_layout()
+        work = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="layer-"))
+        try:
+            os.chmod(work, 0o755)
+            (work / "diff").mkdir()
+        except BaseException:
+            self._discard_layer_dir(work)
+            raise
+        return work
+
+    def discard_layer_work(self, work: Path) -> None:
+        """Remove a layer dir made by new_layer_work; nothing happens when it was installed."""
+        self._discard_layer_dir(work)
+
+    def _install_layer(self, work: Path, layer: UnpackedLayer, chain_id: str,
+                       new: _NewContent) -> None:
+        final = self.layer_dir(chain_id)
+        meta = {"diff_id": layer.diff_id, "chain_id": chain_id, "size": layer.size}
+        (work / "meta.json").write_text(json.dumps(meta))
+        os.rename(work, final)
         new.layers.append(final)
 
     def _check_diff_id(self, blob: Path, diff_id: str, label: str) -> None:
@@ -761,20 +789,25 @@ class Store:
 
     def commit_pull(self, names: list[str], manifest: bytes, manifest_media_type: str,
                     config: bytes, config_media_type: str,
-                    layers: list[tuple[str, str, int]]) -> tuple[ImageRecord, bool]:
+                    layers: list[tuple[str, str, int]],
+                    unpacked: dict[str, UnpackedLayer] | None = None
+                    ) -> tuple[ImageRecord, bool]:
         """Add a pulled image whose layer blobs the registry client already verified.
 
-        `layers` lists (digest, media type, size) of blobs already in blobs/. The config and
-        manifest blobs are written, each layer is unpacked once by chain id and checked against
-        the config's diff_ids, and only then are the names written. Returns the record and
-        whether the store changed (a new image or manifest, or a name that moved).
+        `layers` lists (digest, media type, size) of blobs already in blobs/. `unpacked` maps
+        chain ids to layer dirs that the pull already unpacked (in new_layer_work dirs) and
+        checked against their diff_ids; they are moved into layers/ here, under the store lock.
+        The config and manifest blobs are written, every other layer is unpacked once by chain
+        id and checked against the config's diff_ids, and only then are the names written.
+        Returns the record and whether the store changed (a new image or manifest, or a name
+        that moved). Unpacked dirs that were not installed stay for the caller to discard.
         """
         self.ensure_layout()
         with self._locked():
             new = _NewContent()
             try:
                 record = self._ingest_pulled(manifest, manifest_media_type, config,
-                                             config_media_type, layers, new)
+                                             config_media_type, layers, unpacked or {}, new)
                 images = self._read_index()
                 existing = images.setdefault(record.id, record)
                 changed = existing is record or any(name not in existing.names
@@ -793,7 +826,7 @@ class Store:
 
     def _ingest_pulled(self, manifest: bytes, manifest_media_type: str, config: bytes,
                        config_media_type: str, layers: list[tuple[str, str, int]],
-                       new: _NewContent) -> ImageRecord:
+                       unpacked: dict[str, UnpackedLayer], new: _NewContent) -> ImageRecord:
         config_digest, _, created = self.write_blob(_bytes_stream(config),
                                                     digests.of_bytes(config), "image config")
         if created:
@@ -808,8 +841,13 @@ class Store:
         chain_ids = digests.chain_ids(diff_ids)
         for (digest, media_type, size), diff_id, chain_id in zip(layers, diff_ids, chain_ids):
             label = f"layer {digest}"
-            with self._uncompressed_layer(digest, label) as path:
-                self._unpack_layer(path, diff_id, chain_id, label, new)
+            ready = unpacked.get(chain_id)
+            if ready is not None and ready.diff_id == diff_id:
+                if not self.layer_dir(chain_id).exists():
+                    self._install_layer(ready.path, ready, chain_id, new)
+            else:
+                with self._uncompressed_layer(digest, label) as path:
+                    self._unpack_layer(path, diff_id, chain_id, label, new)
             records.append(LayerRecord(digest, media_type, size, diff_id, chain_id))
 
         manifest_digest, _, created = self.write_blob(_bytes_stream(manifest),
@@ -852,6 +890,36 @@ class Store:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
+
+    # Build
+
+    def commit_built(self, names: list[str], config: bytes,
+                     layers: list[dict]) -> ImageRecord:
+        """Add an image that `kakoi build` made; its layer blobs and layer dirs are stored.
+
+        `layers` lists dicts with digest, media_type, size, diff_id and chain_id. The config
+        and an OCI manifest are written, and the names last.
+        """
+        from kakoi.image import archive as archives
+
+        self.ensure_layout()
+        with self._locked():
+            config_digest, config_size, _ = self.write_blob(_bytes_stream(config), None,
+                                                            "image config")
+            records = [LayerRecord(layer["digest"], layer["media_type"], layer["size"],
+                                   layer["diff_id"], layer["chain_id"]) for layer in layers]
+            manifest = _synthesize_manifest(config_digest, config_size, records)
+            manifest_digest, _, _ = self.write_blob(_bytes_stream(manifest), None, "manifest")
+            images = self._read_index()
+            record = images.setdefault(config_digest, ImageRecord(
+                id=config_digest, names=[], manifest_digest=manifest_digest,
+                manifest_media_type=archives.MEDIA_OCI_MANIFEST,
+                config_media_type=archives.MEDIA_OCI_CONFIG, layers=records,
+                size=sum(self._layer_size(layer["chain_id"]) for layer in layers),
+                created=json.loads(config).get("created"), loaded=time.time()))
+            _move_names(images, record.id, names)
+            self._write_index(images)
+        return record
 
 def _check_output(out: str | Path) -> None:
     from pathlib import Path
