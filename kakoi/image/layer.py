@@ -7,15 +7,20 @@ trusted.overlay.opaque=y on its directory, so the unpacked layers stack as overl
 Extraction parses the tar with tarfile but creates every file itself, because no entry may
 write outside the layer root. It rejects absolute names, `..` that climbs out, writes through
 a parent symlink that leads out, and hardlinks to targets outside the layer.
+
+A layer can also be unpacked while it downloads: StreamExtractor takes the uncompressed tar in
+chunks from the downloading thread and extracts it in a thread of its own.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import queue
 import shutil
 import stat
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -80,6 +85,16 @@ def unpack(stream: BinaryIO, root: Path, what: str) -> UnpackResult:
     Returns the sha256 of the uncompressed tar, to compare with the config's diff_id.
     """
     reader = HashingReader(open_uncompressed(stream, what))
+    size = extract(reader, root, what)
+    reader.drain()
+    return UnpackResult(reader.digest, size)
+
+
+def extract(reader: BinaryIO, root: Path | str, what: str) -> int:
+    """Extract the uncompressed tar read from `reader` into `root`; return the regular file bytes.
+
+    The reader is left just after the tar's end-of-archive blocks.
+    """
     extractor = _Extractor(root, what)
     try:
         with tarfile.open(fileobj=reader, mode="r|") as archive:
@@ -91,9 +106,96 @@ def unpack(stream: BinaryIO, root: Path, what: str) -> UnpackResult:
         if isinstance(error, ImageError):
             raise
         raise ImageError(f"unpacking layer {what} failed: {error}") from None
-    reader.drain()
     extractor.finish()
-    return UnpackResult(reader.digest, extractor.size)
+    return extractor.size
+
+
+class _Aborted(Exception):
+    """The producer of a streamed layer gave up; the extraction stops."""
+
+
+_END = None
+_ABORT = object()
+# Chunks waiting for the extracting thread; each is at most blob._MAX_OUTPUT bytes.
+_QUEUE_CHUNKS = 4
+
+
+class _QueueReader:
+    """A read-only stream over the chunks that another thread puts into a queue."""
+
+    def __init__(self, chunks: queue.Queue):
+        self._chunks = chunks
+        self._buffer = b""
+        self._position = 0
+        self.ended = False
+
+    def read(self, size: int = -1) -> bytes:
+        if self._position >= len(self._buffer):
+            if self.ended:
+                return b""
+            chunk = self._chunks.get()
+            if chunk is _ABORT:
+                raise _Aborted()
+            if chunk is _END:
+                self.ended = True
+                return b""
+            self._buffer, self._position = chunk, 0
+        end = len(self._buffer) if size is None or size < 0 else self._position + size
+        data = self._buffer[self._position:end]
+        self._position += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+class StreamExtractor:
+    """Extracts a tar that arrives in chunks into `root`, in a thread of its own.
+
+    The downloading thread calls feed for each uncompressed chunk, then close (which waits for
+    the extraction and returns the regular file bytes, or raises its error) or abort.
+    """
+
+    def __init__(self, root: Path | str, what: str):
+        self.what = what
+        self._chunks: queue.Queue = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self._reader = _QueueReader(self._chunks)
+        self._root = root
+        self._size = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kakoi-unpack", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._size = extract(self._reader, self._root, self.what)
+            self._reader.drain()
+        except _Aborted:
+            return
+        except BaseException as error:
+            self._error = error
+            # Keep taking chunks, so that the producer never blocks on a full queue.
+            try:
+                self._reader.drain()
+            except _Aborted:
+                pass
+
+    def feed(self, data: bytes) -> None:
+        # After a failure the chunks are only drained; skip the queue to save the copies.
+        if data and self._error is None:
+            self._chunks.put(data)
+
+    def close(self) -> int:
+        self._chunks.put(_END)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._size
+
+    def abort(self) -> None:
+        self._chunks.put(_ABORT)
+        self._thread.join()
 
 
 def _clean_name(name: str, what: str, link_of: str | None = None) -> tuple[str, ...]:
@@ -123,18 +225,22 @@ def _clean_name(name: str, what: str, link_of: str | None = None) -> tuple[str, 
 class _Extractor:
     """Creates the entries of one layer under root; directory metadata is applied last."""
 
-    def __init__(self, root: Path, what: str):
-        self.root = root
+    def __init__(self, root: Path | str, what: str):
+        self.root = os.path.normpath(os.fspath(root))
         self.real_root = os.path.realpath(root)
         self.what = what
         self.size = 0
         self.is_root = os.geteuid() == 0
         self._directories: list[tuple[str, tarfile.TarInfo]] = []
+        # Paths that this extraction created or saw as real directories, reached through real
+        # directories only, so entries below them skip the per-component checks. Removing or
+        # replacing one drops it and everything below it; a path through a symlink never enters.
+        self._known_dirs: set[str] = {self.root}
 
     def add(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         parts = _clean_name(member.name, self.what)
         if not parts:
-            self._directories.append((str(self.root), member))
+            self._directories.append((self.root, member))
             return
 
         parent = self._parent_dir(parts, member.name)
@@ -147,7 +253,16 @@ class _Extractor:
                 raise self._escape(member.name, "is a whiteout without a valid file name")
             self._whiteout(os.path.join(parent, base[len(WHITEOUT_PREFIX):]), member)
             return
-        self._create(archive, member, os.path.join(parent, base))
+        path = os.path.join(parent, base)
+        if member.isdir():
+            self._make_directory(member, path, trusted=parent in self._known_dirs)
+            return
+        try:
+            self._create(archive, member, path)
+        except FileExistsError:
+            # A later entry replaces an earlier one; checked only then, as most paths are new.
+            self._remove_existing(path, keep_directory=False)
+            self._create(archive, member, path)
 
     def finish(self) -> None:
         # Directories get their mode and mtime after their children exist, deepest first,
@@ -164,21 +279,35 @@ class _Extractor:
 
         Missing parents are created when `create` is set; otherwise the path is returned as is.
         """
-        current = str(self.root)
+        if len(parts) == 1:
+            return self.root
+        parent = self.root + "/" + "/".join(parts[:-1])
+        if parent in self._known_dirs:
+            return parent
+
+        current = self.root
+        trusted = True
         for part in parts[:-1]:
-            current = os.path.join(current, part)
+            current = current + "/" + part
+            if trusted and current in self._known_dirs:
+                continue
             try:
                 mode = os.lstat(current).st_mode
             except FileNotFoundError:
                 if not create:
                     return current
                 os.mkdir(current, 0o755)
+                if trusted:
+                    self._known_dirs.add(current)
                 continue
             if stat.S_ISLNK(mode):
                 self._check_inside(current, name)
+                trusted = False
             elif not stat.S_ISDIR(mode):
                 raise ImageError(f"layer {self.what}: entry {name!r} has a parent that is not "
                                  "a directory; the layer is malformed")
+            elif trusted:
+                self._known_dirs.add(current)
         return current
 
     def _check_inside(self, path: str, name: str) -> None:
@@ -197,29 +326,46 @@ class _Extractor:
         if stat.S_ISDIR(mode):
             if keep_directory:
                 return
+            self._forget_directory(path)
             shutil.rmtree(path)
         else:
             os.unlink(path)
+
+    def _forget_directory(self, path: str) -> None:
+        if os.path.dirname(path) not in self._known_dirs:
+            # Reached through a symlink: the directory may be known under another spelling.
+            self._known_dirs = {self.root}
+            return
+        below = path + "/"
+        self._known_dirs = {known for known in self._known_dirs
+                            if known != path and not known.startswith(below)}
 
     def _whiteout(self, path: str, member: tarfile.TarInfo) -> None:
         self._remove_existing(path, keep_directory=False)
         os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
         self._apply_metadata(path, member, mode=0o000)
 
-    def _create(self, archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
-        self._remove_existing(path, keep_directory=member.isdir())
-        if member.isdir():
-            if not os.path.isdir(path):
+    def _make_directory(self, member: tarfile.TarInfo, path: str, trusted: bool) -> None:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                self._remove_existing(path, keep_directory=False)
                 os.mkdir(path, 0o700)
-            self._directories.append((path, member))
+        if trusted:
+            self._known_dirs.add(path)
+        self._directories.append((path, member))
+
+    def _create(self, archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+        """Create a non-directory entry; FileExistsError when something is already at path."""
+        if member.isreg():
+            self._write_file(archive, member, path)
             return
         if member.islnk():
             self._hardlink(member, path)
             return
         if member.issym():
             os.symlink(member.linkname, path)
-        elif member.isreg():
-            self._write_file(archive, member, path)
         elif member.isfifo():
             os.mkfifo(path, 0o600)
         elif member.ischr() or member.isblk():
@@ -245,11 +391,38 @@ class _Extractor:
 
     def _write_file(self, archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        source = archive.extractfile(member)
-        with os.fdopen(os.open(path, flags, 0o600), "wb") as target:
-            while chunk := source.read(_CHUNK):
-                target.write(chunk)
+        fd = os.open(path, flags, 0o600)
+        try:
+            self._copy_data(archive, member, fd)
+            # Metadata through the open file: no second path lookup for each call.
+            if self.is_root:
+                os.fchown(fd, member.uid, member.gid)
+            os.fchmod(fd, member.mode)
+            self._apply_xattrs(fd, member)
+            mtime_ns = int(member.mtime * 1_000_000_000)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
         self.size += member.size
+
+    def _copy_data(self, archive: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
+        if member.sparse is not None:
+            source = archive.extractfile(member)
+            while chunk := source.read(_CHUNK):
+                _write_all(fd, chunk)
+            return
+        # The member's data follows its header in the archive stream; reading it directly
+        # skips the file object that extractfile builds for every entry.
+        stream = archive.fileobj
+        if stream.tell() != member.offset_data:
+            stream.seek(member.offset_data)
+        remaining = member.size
+        while remaining:
+            chunk = stream.read(min(remaining, _CHUNK))
+            if not chunk:
+                raise tarfile.ReadError(f"unexpected end of data in {member.name!r}")
+            _write_all(fd, chunk)
+            remaining -= len(chunk)
 
     def _apply_metadata(self, path: str, member: tarfile.TarInfo, mode: int | None = None) -> None:
         # chown before chmod, because chown clears the setuid and setgid bits.
@@ -261,16 +434,27 @@ class _Extractor:
         mtime_ns = int(member.mtime * 1_000_000_000)
         os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
-    def _apply_xattrs(self, path: str, member: tarfile.TarInfo) -> None:
+    def _apply_xattrs(self, target: str | int, member: tarfile.TarInfo) -> None:
+        if not member.pax_headers:
+            return
         for key, value in member.pax_headers.items():
             if not key.startswith(_XATTR_PAX_PREFIX):
                 continue
             name = key[len(_XATTR_PAX_PREFIX):]
             data = value.encode("utf-8", "surrogateescape")
             try:
-                os.setxattr(path, name, data, follow_symlinks=False)
+                if isinstance(target, int):
+                    os.setxattr(target, name, data)
+                else:
+                    os.setxattr(target, name, data, follow_symlinks=False)
             except OSError as error:
                 if error.errno in (errno.ENOTSUP, errno.EPERM) and member.issym():
                     continue
                 raise ImageError(f"layer {self.what}: setting xattr {name} on {member.name!r} "
                                  f"failed: {error.strerror}") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

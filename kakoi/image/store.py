@@ -796,7 +796,7 @@ class Store:
 
         `layers` lists (digest, media type, size) of blobs already in blobs/. `unpacked` maps
         chain ids to layer dirs that the pull already unpacked (in new_layer_work dirs) and
-        checked against their diff_ids; they are moved into layers/ here, under the store lock.
+        checked against their diff_ids. They are moved into layers/ here, under the store lock.
         The config and manifest blobs are written, every other layer is unpacked once by chain
         id and checked against the config's diff_ids, and only then are the names written.
         Returns the record and whether the store changed (a new image or manifest, or a name

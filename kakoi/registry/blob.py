@@ -5,6 +5,11 @@ the store's tmp dir. They are also decompressed (gzip with isal, zstd with zstan
 the uncompressed tar, whose digest is the layer's diff_id. The partial file is renamed into
 blobs/ only when the compressed digest matches, so no partial blob is ever visible there.
 
+A download can also hand the decompressed tar to a sink (the layer's extractor), so the layer
+is unpacked while it downloads and decompressed only once. Only a download that starts at the
+first byte and completes in one attempt feeds the sink. A resumed or retried one aborts it, so
+the layer is unpacked from the stored blob afterwards.
+
 The partial file is named after the digest (tmp/pull-<hex>.partial) and kept when a download
 fails or the process is killed, so the next pull asks for the rest with a Range request.
 An exclusive flock on it keeps two concurrent pulls of the same blob apart.
@@ -34,9 +39,11 @@ _MAX_OUTPUT = 8 << 20
 class LayerDecoder:
     """The sha256 of the compressed stream and of its decompressed content."""
 
-    def __init__(self, compression: str, label: str = "layer"):
+    def __init__(self, compression: str, label: str = "layer", output=None):
         self.compression = compression
         self.label = label
+        # Called with each decompressed chunk, after it is hashed.
+        self.output = output
         self.compressed = hashlib.sha256()
         self.uncompressed = hashlib.sha256()
         self.size = 0
@@ -56,9 +63,14 @@ class LayerDecoder:
         self.compressed.update(data)
         self.size += len(data)
         if self.compression == "none":
-            self.uncompressed.update(data)
+            self._emit(data)
             return
         self._decompress(data)
+
+    def _emit(self, data: bytes) -> None:
+        self.uncompressed.update(data)
+        if self.output is not None:
+            self.output(data)
 
     def _decompress(self, data: bytes) -> None:
         # Both formats allow several members or frames back to back; each gets a new object.
@@ -69,13 +81,13 @@ class LayerDecoder:
             try:
                 if self.compression == "gzip":
                     output = decompressor.decompress(data, _MAX_OUTPUT)
-                    self.uncompressed.update(output)
+                    self._emit(output)
                     while decompressor.unconsumed_tail:
                         output = decompressor.decompress(decompressor.unconsumed_tail,
                                                          _MAX_OUTPUT)
-                        self.uncompressed.update(output)
+                        self._emit(output)
                 else:
-                    self.uncompressed.update(decompressor.decompress(data))
+                    self._emit(decompressor.decompress(data))
             except Exception as error:
                 raise DigestMismatchError(f"{self.label}: invalid {self.compression} data "
                                           f"({error}); the registry served damaged content") \
@@ -104,10 +116,16 @@ def partial_path(tmp_dir: str, digest: str) -> str:
 
 
 class BlobDownload:
-    """One layer blob to fetch into the store; `run` returns its diff_id, or None if present."""
+    """One layer blob to fetch into the store; `run` returns its diff_id, or None if present.
+
+    `sink`, when given, receives the decompressed stream: `feed(chunk)` for each chunk, and
+    `abort()` when the download cannot give it the whole stream from the first byte. Closing
+    it after `run` returns is the caller's part.
+    """
 
     def __init__(self, client: RegistryClient, repository: str, digest: str, size: int,
-                 compression: str, tmp_dir: str, blob_path: str, progress=None, sleep=None):
+                 compression: str, tmp_dir: str, blob_path: str, progress=None, sleep=None,
+                 sink=None):
         self.client = client
         self.repository = repository
         self.digest = digest
@@ -118,6 +136,7 @@ class BlobDownload:
         self.progress = progress
         self._sleep = sleep or client._sleep
         self.label = f"blob {digest} of {repository}"
+        self.sink = sink
 
     def _report(self, method: str, *args) -> None:
         if self.progress is not None:
@@ -145,6 +164,7 @@ class BlobDownload:
         received = 0
         for attempt in range(1, self.client.max_attempts + 1):
             decoder = self._resume_state(fd)
+            self._attach_sink(decoder, attempt)
             self._report("start", self.size, decoder.size)
             try:
                 self._fetch(fd, decoder)
@@ -165,6 +185,16 @@ class BlobDownload:
         raise RegistryError(f"{self.label} is truncated: received {received} of {self.size} "
                             f"bytes in {self.client.max_attempts} attempts; run the pull again "
                             "to resume it")
+
+    def _attach_sink(self, decoder: LayerDecoder, attempt: int) -> None:
+        if self.sink is None:
+            return
+        if attempt == 1 and decoder.size == 0:
+            decoder.output = self.sink.feed
+            return
+        # The sink has seen part of the stream, or the stream resumes from a partial file.
+        self.sink.abort()
+        self.sink = None
 
     def _resume_state(self, fd: int) -> LayerDecoder:
         """Hash the bytes already in the partial file, so the download continues after them."""

@@ -2,8 +2,13 @@
 
 The steps: resolve the reference to a manifest (selecting a platform from an index), fetch and
 verify the config, download the layers in parallel while verifying their digests and diff_ids,
-then hand everything to the store, which unpacks the layers by chain id and writes the name and
+then hand everything to the store, which installs the layers by chain id and writes the name and
 manifest digest last. A failure at any step leaves the store's images as they were.
+
+Each layer whose dir the store lacks is unpacked while it downloads, into a work dir in the
+store's tmp/, so it is decompressed once and the unpack overlaps the transfer. The store moves
+the work dir into layers/ only at commit, after its diff_id matched; on any failure it is
+removed. A download that resumes a partial file leaves the unpack to the store, from the blob.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kakoi import log
 from kakoi.errors import DigestMismatchError
+from kakoi.image import digest as digests
 from kakoi.image import reference as references
 from kakoi.registry import config as configs
 from kakoi.registry import credentials as creds
@@ -128,25 +134,121 @@ def _check_config(config_bytes: bytes, image: manifests.ImageManifest,
     return diff_ids
 
 
+class StreamedLayer:
+    """Unpack one layer from the chunks its download feeds, into a work dir made at the first.
+
+    Extraction errors are kept, not raised, because the pull reports a diff_id mismatch first,
+    as the store would.
+    """
+
+    def __init__(self, store, chain_id: str, label: str):
+        self.store = store
+        self.chain_id = chain_id
+        self.label = label
+        self.work = None
+        self.size: int | None = None
+        self.error: BaseException | None = None
+        self._extractor = None
+        self._aborted = False
+
+    def feed(self, data: bytes) -> None:
+        if self._extractor is None:
+            from kakoi.image.layer import StreamExtractor
+
+            self.work = self.store.new_layer_work()
+            self._extractor = StreamExtractor(self.work / "diff", self.label)
+        self._extractor.feed(data)
+
+    def abort(self) -> None:
+        self._aborted = True
+        if self._extractor is not None:
+            self._extractor.abort()
+            self._extractor = None
+        self.discard()
+
+    def close(self) -> None:
+        if self._extractor is None or self._aborted:
+            return
+        try:
+            self.size = self._extractor.close()
+        except Exception as error:
+            self.error = error
+            self.discard()
+        finally:
+            self._extractor = None
+
+    def unpacked(self, diff_id: str):
+        """Return the store's description of the unpacked dir, or None when none was made."""
+        if self.error is not None:
+            raise self.error
+        if self.work is None or self.size is None:
+            return None
+        from kakoi.image.store import UnpackedLayer
+
+        return UnpackedLayer(self.work, diff_id, self.size)
+
+    def discard(self) -> None:
+        if self.work is not None:
+            self.store.discard_layer_work(self.work)
+            self.work = None
+
+
+class _LayerJob:
+    """One unique layer blob: its download and, when the store lacks the layer dir, its unpack."""
+
+    def __init__(self, download: BlobDownload, streamed: StreamedLayer | None):
+        self.download = download
+        self.streamed = streamed
+
+    def run(self) -> str | None:
+        try:
+            diff_id = self.download.run()
+        except BaseException:
+            if self.streamed is not None:
+                self.streamed.abort()
+            raise
+        if self.streamed is not None:
+            self.streamed.close()
+        return diff_id
+
+
 def download_layers(store, client: RegistryClient, repository: str,
-                    layers: list[manifests.Descriptor], progress) -> list[str | None]:
-    """Download every layer not yet in the store; return each computed diff_id (None if kept)."""
+                    layers: list[manifests.Descriptor], progress,
+                    chain_ids: list[str] | None = None
+                    ) -> tuple[list[str | None], dict[str, StreamedLayer]]:
+    """Download every layer not yet in the store; return each computed diff_id (None if kept).
+
+    With `chain_ids`, each layer whose dir the store lacks is also unpacked while it downloads.
+    The second result maps those chain ids to their StreamedLayer. The caller installs each
+    with commit_pull or discards it.
+    """
     store.ensure_layout()
-    jobs = [BlobDownload(client, repository, layer.digest, layer.size,
-                         manifests.LAYER_COMPRESSION[layer.media_type], str(store.tmp_dir),
-                         str(store.blob_path(layer.digest)), progress)
-            for layer in layers]
-    unique = {job.digest: job for job in jobs}
+    jobs: dict[str, _LayerJob] = {}
+    streamed: dict[str, StreamedLayer] = {}
+    for index, layer in enumerate(layers):
+        if layer.digest in jobs:
+            continue
+        stream = None
+        chain_id = chain_ids[index] if chain_ids else None
+        if chain_id is not None and not store.layer_dir(chain_id).exists():
+            stream = streamed[chain_id] = StreamedLayer(store, chain_id, f"layer {layer.digest}")
+        download = BlobDownload(client, repository, layer.digest, layer.size,
+                                manifests.LAYER_COMPRESSION[layer.media_type],
+                                str(store.tmp_dir), str(store.blob_path(layer.digest)),
+                                progress, sink=stream)
+        jobs[layer.digest] = _LayerJob(download, stream)
     pool = ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS, thread_name_prefix="kakoi-pull")
     try:
-        futures = {digest: pool.submit(job.run) for digest, job in unique.items()}
+        futures = {digest: pool.submit(job.run) for digest, job in jobs.items()}
         results = {digest: future.result() for digest, future in futures.items()}
     except BaseException:
         # Downloads not yet started are dropped; running ones finish into their partial files.
         pool.shutdown(wait=True, cancel_futures=True)
+        for stream in streamed.values():
+            stream.discard()
         raise
     pool.shutdown(wait=True)
-    return [results[job.digest] for job in jobs]
+    return [results[layer.digest] for layer in layers], streamed
 
 
 def pull(store, text: str, platform: manifests.Platform | None = None, progress=None,
@@ -173,22 +275,48 @@ def _fetch_and_commit(store, ref: references.Reference, resolved: ResolvedImage,
     check_platform = platform if not resolved.from_index else None
     diff_ids = _check_config(config_bytes, image, check_platform, ref.familiar())
 
-    computed = download_layers(store, client, ref.path, image.layers, progress)
-    for layer, expected, actual in zip(image.layers, diff_ids, computed):
+    chain_ids = digests.chain_ids(diff_ids)
+    computed, streamed = download_layers(store, client, ref.path, image.layers, progress,
+                                         chain_ids)
+    try:
+        unpacked = _check_layers(ref, image.layers, diff_ids, chain_ids, computed, streamed)
+
+        # NOTE: the store records the platform manifest's digest, so for an index the image's
+        # RepoDigest differs from the printed index digest and NAME@INDEX-DIGEST does not
+        # resolve.
+        name = str(ref) if ref.tag is not None else None
+        layers = [(layer.digest, layer.media_type, layer.size) for layer in image.layers]
+        record, updated = store.commit_pull(
+            names=[name] if name else [], manifest=resolved.manifest,
+            manifest_media_type=resolved.media_type, config=config_bytes,
+            config_media_type=image.config.media_type or manifests.MEDIA_OCI_CONFIG,
+            layers=layers, unpacked=unpacked)
+    finally:
+        # Installed dirs are gone from tmp/; this removes the rest.
+        for stream in streamed.values():
+            stream.discard()
+    return PullResult(record.id, resolved.digest, str(ref), updated)
+
+
+def _check_layers(ref: references.Reference, layers: list[manifests.Descriptor],
+                  diff_ids: list[str], chain_ids: list[str], computed: list[str | None],
+                  streamed: dict[str, StreamedLayer]) -> dict:
+    """Compare the computed diff_ids with the config's; return the layers unpacked on the way."""
+    for layer, expected, actual in zip(layers, diff_ids, computed):
         if actual is not None and actual != expected:
             raise DigestMismatchError(f"layer {layer.digest} of {ref} uncompresses to {actual}, "
                                       f"but the config's diff_id is {expected}; the image is "
                                       "damaged, check the registry")
 
-    # NOTE: the store records the platform manifest's digest, so for an index the image's
-    # RepoDigest differs from the printed index digest and NAME@INDEX-DIGEST does not resolve.
-    name = str(ref) if ref.tag is not None else None
-    layers = [(layer.digest, layer.media_type, layer.size) for layer in image.layers]
-    record, updated = store.commit_pull(
-        names=[name] if name else [], manifest=resolved.manifest,
-        manifest_media_type=resolved.media_type, config=config_bytes,
-        config_media_type=image.config.media_type or manifests.MEDIA_OCI_CONFIG, layers=layers)
-    return PullResult(record.id, resolved.digest, str(ref), updated)
+    unpacked = {}
+    for diff_id, chain_id, actual in zip(diff_ids, chain_ids, computed):
+        stream = streamed.get(chain_id)
+        if stream is None or actual is None:
+            continue
+        ready = stream.unpacked(diff_id)
+        if ready is not None:
+            unpacked[chain_id] = ready
+    return unpacked
 
 
 def login(host: str, username: str, password: str, transport=None, **options) -> str:

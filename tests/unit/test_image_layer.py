@@ -234,3 +234,17 @@ def test_unpack_truncated_tar_is_image_error(tmp_path):
 
     with pytest.raises(ImageError, match="invalid layer tar"):
         unpack_bytes(data, tmp_path / "layer")
+
+
+def test_directory_cache_not_fooled_by_symlink_swap(tmp_path):
+    """A directory seen earlier and later replaced by a symlink must not let writes escape."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = tarfile.TarInfo("d")
+    link.type = tarfile.SYMTYPE
+    link.linkname = str(outside)
+    data = tar_bytes([entry("d"), file_entry("d/a"), link, file_entry("d/evil")])
+
+    with pytest.raises(LayerEscapeError):
+        unpack_bytes(data, tmp_path / "layer")
+    assert not (outside / "evil").exists()
