@@ -197,6 +197,7 @@ class Store:
         self._layers = os.path.join(self._root, "layers")
         self._tmp = os.path.join(self._root, "tmp")
         self._index = os.path.join(self._root, "images.json")
+        self._work_locks: dict[str, int] = {}
 
     @property
     def root(self) -> Path:
@@ -380,27 +381,73 @@ class Store:
                     f"diff_id is {diff_id}; the archive is damaged or inconsistent")
             self._install_layer(work, UnpackedLayer(work, diff_id, result.size), chain_id, new)
         except BaseException:
-            self._discard_layer_dir(work)
+            self.discard_layer_work(work)
             raise
 
     def new_layer_work(self) -> Path:
-        """Create an empty layer dir (with its diff/) in tmp/, to unpack into and then install."""
+        """Create an empty layer dir (with its diff/) in tmp/, to unpack into and then install.
+
+        The dir's `.lock` file beside it stays flocked while this process works on it,
+        so that sweep_stale_work can tell a dir left by a killed process from one in use.
+        """
+        import fcntl
         import tempfile
         from pathlib import Path
 
         self.ensure_layout()
         work = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="layer-"))
+        lock_fd = os.open(f"{work}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        self._work_locks[str(work)] = lock_fd
         try:
             os.chmod(work, 0o755)
             (work / "diff").mkdir()
         except BaseException:
-            self._discard_layer_dir(work)
+            self.discard_layer_work(work)
             raise
         return work
 
     def discard_layer_work(self, work: Path) -> None:
         """Remove a layer dir made by new_layer_work; nothing happens when it was installed."""
         self._discard_layer_dir(work)
+        self._release_work_lock(work)
+
+    def _release_work_lock(self, work: Path) -> None:
+        lock_fd = self._work_locks.pop(str(work), None)
+        if lock_fd is not None:
+            try:
+                os.unlink(f"{work}.lock")
+            except FileNotFoundError:
+                pass
+            os.close(lock_fd)
+
+    def sweep_stale_work(self) -> None:
+        """Remove layer work dirs in tmp/ whose process is gone (killed in a pull or load)."""
+        import fcntl
+        from pathlib import Path
+
+        try:
+            names = os.listdir(self.tmp_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if not name.startswith("layer-") or name.endswith(".lock"):
+                continue
+            lock_path = os.path.join(self.tmp_dir, name + ".lock")
+            try:
+                lock_fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # made by a kakoi without work locks, or being set up right now
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock_fd)
+                continue  # another process is unpacking into it
+            try:
+                self._discard_layer_dir(Path(self.tmp_dir) / name)
+                os.unlink(lock_path)
+            finally:
+                os.close(lock_fd)
 
     def _install_layer(self, work: Path, layer: UnpackedLayer, chain_id: str,
                        new: _NewContent) -> None:
@@ -408,6 +455,7 @@ class Store:
         meta = {"diff_id": layer.diff_id, "chain_id": chain_id, "size": layer.size}
         (work / "meta.json").write_text(json.dumps(meta))
         os.rename(work, final)
+        self._release_work_lock(work)
         new.layers.append(final)
 
     def _check_diff_id(self, blob: Path, diff_id: str, label: str) -> None:

@@ -256,6 +256,7 @@ def pull(store, text: str, platform: manifests.Platform | None = None, progress=
     """Pull the image named by `text` into `store` and return what was stored."""
     progress = progress or Quiet()
     ref = references.parse(text)
+    store.sweep_stale_work()  # what an earlier pull left when it was killed
     clients = _clients(ref, transport, options)
     try:
         progress.line(f"{ref.tag or ref.digest}: Pulling from {ref.path}")

@@ -329,3 +329,24 @@ def test_reload_same_image_keeps_store_clean(store, busybox_archives):
     store.load(busybox_archives["oci-archive"])
 
     assert sorted(p.name for p in store.blobs_dir.iterdir()) == before
+
+
+def test_sweep_removes_work_of_dead_process(tmp_path):
+    import os
+
+    store = Store(tmp_path / "store")
+    pid = os.fork()
+    if pid == 0:
+        store.new_layer_work()
+        os._exit(0)  # dies holding nothing: its flock went with it
+    os.waitpid(pid, 0)
+    live = store.new_layer_work()
+    left = sorted(name for name in os.listdir(store.tmp_dir) if not name.endswith(".lock"))
+    assert len(left) == 2
+
+    store.sweep_stale_work()
+
+    remaining = sorted(name for name in os.listdir(store.tmp_dir) if not name.endswith(".lock"))
+    assert remaining == [live.name]
+    store.discard_layer_work(live)
+    assert os.listdir(store.tmp_dir) == []
