@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # peers that the tests and benchmarks compare against. docker-registry, skopeo, debootstrap,
 # apache2-utils (htpasswd) and openssl serve the registry tests and their fixture images.
 export DEBIAN_FRONTEND=noninteractive
-packages="python3 python3-venv busybox-static runc podman hyperfine uidmap containerd docker-registry skopeo debootstrap apache2-utils openssl"
+packages="python3 python3-venv busybox-static runc podman buildah hyperfine uidmap containerd docker-registry skopeo debootstrap apache2-utils openssl"
 missing=""
 for package in $packages; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="$missing $package"

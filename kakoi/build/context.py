@@ -123,9 +123,11 @@ class Context:
         cleaned = posixpath.normpath(source)
         if cleaned == ".." or cleaned.startswith("../") or cleaned.startswith("/.."):
             return None
+        if not relative:
+            return "", self.directory
         path = os.path.join(self.directory, relative) if relative else self.directory
         # The parents of the source must stay inside the context after following
-        # symlinks; the source itself may be a symlink, which COPY keeps as one.
+        # symlinks; the source itself may be a symlink, whose target the caller checks.
         parent = os.path.realpath(os.path.dirname(path))
         if parent != self.directory and not parent.startswith(self.directory + os.sep):
             return None

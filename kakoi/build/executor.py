@@ -727,8 +727,13 @@ def _opaque(path: str) -> bool:
         return False
 
 
-def _make_parents(view: MergedView, diff: str, path: str) -> None:
-    """Create the parents of `path` in `diff`, copying the metadata of those that exist."""
+def _make_parents(view: MergedView, diff: str, path: str,
+                  owner: tuple[int, int] | None = None) -> None:
+    """Create the parents of `path` in `diff`, copying the metadata of those that exist.
+
+    Parents that are new get mode 755 and `owner` (root when None), as COPY --chown gives
+    the directories that it creates in Docker.
+    """
     parts = [part for part in path.strip("/").split("/") if part][:-1]
     for depth in range(1, len(parts) + 1):
         relative = "/".join(parts[:depth])
@@ -744,6 +749,8 @@ def _make_parents(view: MergedView, diff: str, path: str) -> None:
             os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
         else:
             os.chmod(target, 0o755)
+            if owner is not None:
+                os.chown(target, *owner)
 
 
 def _drop_mount_points(upper: str, view: MergedView) -> None:
@@ -885,13 +892,34 @@ class CopyJob:
     def _add_context_item(self, relative: str) -> None:
         context = self.builder.context
         path = os.path.join(context.directory, relative) if relative else context.directory
-        if os.path.isdir(path) and not os.path.islink(path):
+        if os.path.islink(path):
+            self._add_link_target(relative, path)
+            return
+        if os.path.isdir(path):
             self.items.append(("dir", "", path))
             for below in context.walk(relative):
                 name = os.path.relpath(os.path.join(context.directory, below), path)
                 self.items.append(("entry", name, os.path.join(context.directory, below)))
             return
         self.items.append(("file", posixpath.basename(relative), path))
+
+    def _add_link_target(self, relative: str, path: str) -> None:
+        # Docker follows a symlink that a source names (BuildKit copies with FollowSymlinks),
+        # while symlinks below a copied directory stay symlinks.
+        directory = self.builder.context.directory
+        real = os.path.realpath(path)
+        if real != directory and not real.startswith(directory + os.sep):
+            raise self.fail(f"{self.instruction.keyword} source {relative!r} is a symlink to "
+                            f"{os.readlink(path)!r} outside the build context: copy the "
+                            "target into the context")
+        if not os.path.exists(real):
+            raise self.fail(f"{self.instruction.keyword} source {relative!r} is a symlink to "
+                            f"the missing {os.readlink(path)!r}: fix or remove the link")
+        if os.path.isdir(real):
+            target = os.path.relpath(real, directory)
+            self._add_context_item("" if target == "." else target)
+            return
+        self.items.append(("file", posixpath.basename(relative), real))
 
     def _gather_view(self, view: MergedView, source: str) -> None:
         path = posixpath.normpath("/" + source)
@@ -987,10 +1015,10 @@ class CopyJob:
         self._place(diff, host, destination)
 
     def _ensure_dir(self, diff: str, path: str) -> None:
-        _make_parents(self.view, diff, path + "/x")
+        _make_parents(self.view, diff, path + "/x", self.owner)
 
     def _place(self, diff: str, host: str, destination: str) -> None:
-        _make_parents(self.view, diff, destination)
+        _make_parents(self.view, diff, destination, self.owner)
         target = os.path.join(diff, destination.lstrip("/"))
         info = os.lstat(host)
         if os.path.lexists(target) and not (stat.S_ISDIR(info.st_mode)

@@ -13,10 +13,17 @@ if TYPE_CHECKING:
 
 def inspect_record(record: ImageRecord, config: dict, layer_dirs: list[str]) -> dict:
     """Build the JSON object that `docker image inspect` prints for one image."""
+    # What a registry served (an index's digest for a multi-platform pull) comes first;
+    # other names get the image's own manifest digest.
     repo_digests = []
+    for entry in record.repo_digests:
+        repository, _, digest = entry.partition("@")
+        repo_digests.append(f"{reference.parse(repository).familiar_name()}@{digest}")
+    served = {entry.partition("@")[0] for entry in repo_digests}
     for name in record.names:
-        entry = f"{reference.parse(name).familiar_name()}@{record.manifest_digest}"
-        if entry not in repo_digests:
+        repository = reference.parse(name).familiar_name()
+        entry = f"{repository}@{record.manifest_digest}"
+        if repository not in served and entry not in repo_digests:
             repo_digests.append(entry)
     rootfs = config.get("rootfs") or {}
     return {

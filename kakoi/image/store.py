@@ -103,11 +103,15 @@ class ImageRecord(_Record):
     """One image in the store; `id` is the config digest, as in Docker."""
 
     __slots__ = ("id", "names", "manifest_digest", "manifest_media_type", "config_media_type",
-                 "layers", "size", "created", "loaded")
+                 "layers", "size", "created", "loaded", "repo_digests")
 
     def __init__(self, id: str, names: list[str], manifest_digest: str,
                  manifest_media_type: str, config_media_type: str, layers: list[LayerRecord],
-                 size: int, created: str | None = None, loaded: float = 0.0):
+                 size: int, created: str | None = None, loaded: float = 0.0,
+                 repo_digests: list[str] | None = None):
+        # NAME@DIGEST of what a registry served for this image: for a pull through an
+        # index, the index's digest, which differs from manifest_digest.
+        self.repo_digests = list(repo_digests or [])
         self.id = id
         self.names = names
         self.manifest_digest = manifest_digest
@@ -136,7 +140,8 @@ class ImageRecord(_Record):
                 "manifest_media_type": self.manifest_media_type,
                 "config_media_type": self.config_media_type,
                 "layers": [layer.to_json() for layer in self.layers],
-                "size": self.size, "created": self.created, "loaded": self.loaded}
+                "size": self.size, "created": self.created, "loaded": self.loaded,
+                "repo_digests": list(self.repo_digests)}
 
     @classmethod
     def from_json(cls, data: dict) -> ImageRecord:
@@ -506,7 +511,9 @@ class Store:
                 return self._by_id_prefix(images, text, text)
             raise
         for record in images.values():
-            if parsed.digest is not None and record.manifest_digest == parsed.digest:
+            if parsed.digest is not None and (
+                    record.manifest_digest == parsed.digest
+                    or f"{parsed.name}@{parsed.digest}" in record.repo_digests):
                 return record
             if parsed.digest is None and str(parsed) in record.names:
                 return record
@@ -838,8 +845,8 @@ class Store:
     def commit_pull(self, names: list[str], manifest: bytes, manifest_media_type: str,
                     config: bytes, config_media_type: str,
                     layers: list[tuple[str, str, int]],
-                    unpacked: dict[str, UnpackedLayer] | None = None
-                    ) -> tuple[ImageRecord, bool]:
+                    unpacked: dict[str, UnpackedLayer] | None = None,
+                    repo_digest: str | None = None) -> tuple[ImageRecord, bool]:
         """Add a pulled image whose layer blobs the registry client already verified.
 
         `layers` lists (digest, media type, size) of blobs already in blobs/. `unpacked` maps
@@ -860,6 +867,9 @@ class Store:
                 existing = images.setdefault(record.id, record)
                 changed = existing is record or any(name not in existing.names
                                                     for name in names)
+                if repo_digest is not None and repo_digest not in existing.repo_digests:
+                    existing.repo_digests.append(repo_digest)
+                    changed = True
                 _move_names(images, existing.id, names)
                 self._write_index(images)
             except BaseException:

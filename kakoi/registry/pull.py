@@ -282,16 +282,15 @@ def _fetch_and_commit(store, ref: references.Reference, resolved: ResolvedImage,
     try:
         unpacked = _check_layers(ref, image.layers, diff_ids, chain_ids, computed, streamed)
 
-        # NOTE: the store records the platform manifest's digest, so for an index the image's
-        # RepoDigest differs from the printed index digest and NAME@INDEX-DIGEST does not
-        # resolve.
+        # The repo digest is what the registry served for the reference: for an index, the
+        # index's digest, as Docker records it.
         name = str(ref) if ref.tag is not None else None
         layers = [(layer.digest, layer.media_type, layer.size) for layer in image.layers]
         record, updated = store.commit_pull(
             names=[name] if name else [], manifest=resolved.manifest,
             manifest_media_type=resolved.media_type, config=config_bytes,
             config_media_type=image.config.media_type or manifests.MEDIA_OCI_CONFIG,
-            layers=layers, unpacked=unpacked)
+            layers=layers, unpacked=unpacked, repo_digest=f"{ref.name}@{resolved.digest}")
     finally:
         # Installed dirs are gone from tmp/; this removes the rest.
         for stream in streamed.values():

@@ -70,9 +70,12 @@ def test_build_each_instruction(kakoi, clean_host, context):
 
     assert kakoi("run", "--rm", "built:main").stdout == "hi test\n"
     listing = run_in(kakoi, "built:main",
-                     "cat hello.txt dir/a dir/sub/b built.txt; readlink link; pwd; "
+                     "cat hello.txt dir/a dir/sub/b built.txt; cat link; "
+                     "test -L link || echo followed; pwd; "
                      "ls dir; stat -c '%a %U %G' /owned; ls /secret.txt 2>&1; ls -d /tmp/x")
-    assert "hello\na\nb\nbuilt\nhello.txt\n/app\n" in listing
+    # A symlink that COPY names as a source is followed, as in Docker (BuildKit copies
+    # with FollowSymlinks) and buildah: the image gets the file it points to.
+    assert "hello\na\nb\nbuilt\nhello\nfollowed\n/app\n" in listing
     assert "debug.log" not in listing
     assert "600 nobody nogroup" in listing
     assert "No such file" in listing

@@ -301,6 +301,13 @@ def test_pull_index_selects_platform(plain_images, puller):
     assert result.returncode == 0, result.stderr
     inspect = json.loads(puller("inspect", ref, check=True).stdout)[0]
     assert inspect["Architecture"] == "amd64"
+    # The repo digest is the index's, as printed, and NAME@INDEX-DIGEST finds the image.
+    index_digest = next(line.split()[1] for line in result.stdout.splitlines()
+                        if line.startswith("Digest:"))
+    assert f"{plain_images.url}/multi@{index_digest}" in inspect["RepoDigests"]
+    by_digest = json.loads(puller("inspect", f"{plain_images.url}/multi@{index_digest}",
+                                  check=True).stdout)[0]
+    assert by_digest["Id"] == inspect["Id"]
 
     arm = puller("pull", "--platform", "linux/arm64", ref)
     assert arm.returncode == 0, arm.stderr
