@@ -58,17 +58,28 @@ class InitContext:
 
 def child_main(context: InitContext) -> None:
     """Run the init sequence and exec the user program; never returns."""
-    status = 125
-    try:
+    def sequence() -> None:
         if "user" in oci.namespaces(context.spec):
             _become_init_under_user_namespace(context)
         _run(context)
+
+    _run_and_exit(context.sock, sequence)
+
+
+def _run_and_exit(sock: socket.socket, sequence) -> None:
+    """Run a child's sequence, which ends in exec; report any failure and _exit.
+
+    os._exit, so that the forked copy never runs the parent's clean-up code.
+    """
+    status = 125
+    try:
+        sequence()
     except CommandNotFound as error:
-        status = _report(context.sock, "not_found", error)
+        status = _report(sock, "not_found", error)
     except CommandNotExecutable as error:
-        status = _report(context.sock, "not_executable", error)
+        status = _report(sock, "not_executable", error)
     except BaseException as error:  # every failure must reach the parent, whatever its type
-        status = _report(context.sock, "error", error)
+        status = _report(sock, "error", error)
     finally:
         os._exit(status)
 
@@ -525,17 +536,7 @@ class ExecContext:
 
 def exec_child_main(context: ExecContext) -> None:
     """Join the container's namespaces and cgroup, then exec; never returns."""
-    status = 125
-    try:
-        _run_exec(context)
-    except CommandNotFound as error:
-        status = _report(context.sock, "not_found", error)
-    except CommandNotExecutable as error:
-        status = _report(context.sock, "not_executable", error)
-    except BaseException as error:  # every failure must reach the parent, whatever its type
-        status = _report(context.sock, "error", error)
-    finally:
-        os._exit(status)
+    _run_and_exit(context.sock, lambda: _run_exec(context))
 
 
 def _run_exec(context: ExecContext) -> None:
