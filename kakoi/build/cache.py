@@ -13,25 +13,46 @@ and moves the directory to layers/<chain id>/diff, where the next RUN stacks it.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import shutil
 import stat
-import tarfile
-import tempfile
 
 from kakoi.image import digest as digests
-from kakoi.image.layer import OPAQUE_WHITEOUT, OPAQUE_XATTR, WHITEOUT_PREFIX
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import tarfile
 
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+# The overlayfs names of kakoi.image.layer, repeated here: that module (tarfile, dataclasses,
+# pathlib) is imported only when a step runs, never on a fully cached build.
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+# Below this many bytes, the builtin sha256 beats hashlib, whose OpenSSL load costs about 3 ms.
+_SMALL_INPUT = 1 << 20
+
+
+def sha256(size: int = 0):
+    """Return a sha256 hasher, from OpenSSL only when it is to hash `size` bytes or more."""
+    if size < _SMALL_INPUT:
+        try:
+            from _sha256 import sha256 as small
+        except ImportError:
+            pass
+        else:
+            return small()
+    import hashlib
+
+    return hashlib.sha256()
 
 
 def step_key(parent: str, text: str, extra: str = "") -> str:
     """Return the cache key of a step that follows the step (or base) with key `parent`."""
     data = json.dumps([parent, text, extra], separators=(",", ":"))
-    return hashlib.sha256(data.encode()).hexdigest()
+    hasher = sha256()
+    hasher.update(data.encode())
+    return hasher.hexdigest()
 
 
 class BuildCache:
@@ -48,12 +69,16 @@ class BuildCache:
         except (OSError, ValueError):
             return None
         for layer in record.get("layers", []):
-            if not (os.path.exists(self.store.blob_path(layer["digest"]))
-                    and os.path.isdir(self.store.layer_dir(layer["chain_id"]))):
+            # The str paths keep pathlib out of a fully cached build.
+            if not (os.path.exists(self.store._blob_file(layer["digest"]))
+                    and os.path.isdir(self.store._layer_dir(layer["chain_id"]))):
                 return None
         return record
 
     def put(self, key: str, record: dict) -> None:
+        import contextlib
+        import tempfile
+
         os.makedirs(self.directory, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".write-")
         try:
@@ -75,6 +100,9 @@ def commit_layer(store, diff: str, parent_chain: str | None, epoch: int | None) 
 
     The directory is moved into the store (or removed when an identical layer is there).
     """
+    import contextlib
+    import tempfile
+
     store.ensure_layout()
     tar_fd, tar_path = tempfile.mkstemp(dir=store.tmp_dir, prefix="build-tar-")
     gz_fd, gz_path = tempfile.mkstemp(dir=store.tmp_dir, prefix="build-gz-")
@@ -106,6 +134,7 @@ def _compress(source, target) -> None:
         from isal import igzip as gzip
     except ImportError:
         import gzip
+    import shutil
 
     # mtime 0 and no file name keep the blob digest a function of the tar alone.
     with gzip.GzipFile(filename="", mode="wb", fileobj=target, mtime=0) as stream:
@@ -113,6 +142,9 @@ def _compress(source, target) -> None:
 
 
 def _place_layer_dir(store, diff: str, diff_id: str, chain_id: str) -> None:
+    import shutil
+    import tempfile
+
     final = str(store.layer_dir(chain_id))
     if os.path.isdir(final):
         shutil.rmtree(diff)
@@ -137,6 +169,8 @@ def write_tar(diff: str, out, epoch: int | None) -> None:
     Whiteout devices (0/0 character devices) become `.wh.NAME` entries and opaque directories
     get a `.wh..wh..opq` entry. With `epoch`, later modification times are clamped to it.
     """
+    import tarfile
+
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
         links: dict[tuple[int, int], str] = {}
         for name, path in _sorted_entries(diff):
@@ -156,6 +190,8 @@ def _sorted_entries(root: str, relative: str = ""):
 
 def _add_entry(archive: tarfile.TarFile, name: str, path: str, epoch: int | None,
                links: dict) -> None:
+    import tarfile
+
     info = os.lstat(path)
     mode = info.st_mode
     mtime = int(info.st_mtime)
@@ -204,6 +240,8 @@ def _add_entry(archive: tarfile.TarFile, name: str, path: str, epoch: int | None
 
 
 def _member(name: str, info: os.stat_result, mtime: int) -> tarfile.TarInfo:
+    import tarfile
+
     member = tarfile.TarInfo(name)
     member.mode = stat.S_IMODE(info.st_mode)
     member.uid = info.st_uid

@@ -10,7 +10,6 @@ when ignored, but COPY and ADD do not see them then.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import re
@@ -172,9 +171,11 @@ def hash_tree(entries: list[tuple[str, str]]) -> str:
     Modification times are left out, as Docker does, so that a fresh checkout of the same
     files hits the cache.
     """
-    hasher = hashlib.sha256()
-    for name, path in entries:
-        info = os.lstat(path)
+    from kakoi.build.cache import sha256
+
+    infos = [os.lstat(path) for _, path in entries]
+    hasher = sha256(sum(info.st_size for info in infos if stat.S_ISREG(info.st_mode)))
+    for (name, path), info in zip(entries, infos):
         hasher.update(f"{name}\0{stat.S_IMODE(info.st_mode):o}\0{stat.S_IFMT(info.st_mode)}"
                       f"\0{info.st_uid}:{info.st_gid}\0".encode())
         if stat.S_ISLNK(info.st_mode):

@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import shutil
 import stat
 import sys
-import tempfile
 import time
 
 from kakoi.build import cache as caches
@@ -118,13 +116,23 @@ class Builder:
         needed = self._needed(dockerfile, target)
         self.total = sum(1 + len(dockerfile.stages[i].instructions) for i in needed)
         self.store.ensure_layout()
-        self.work = tempfile.mkdtemp(dir=self.store.tmp_dir, prefix="build-")
         try:
             for index in needed:
                 self.stages[index] = self._build_stage(dockerfile, dockerfile.stages[index])
             return self._commit(self.stages[target])
         finally:
-            shutil.rmtree(self.work, ignore_errors=True)
+            if self.work is not None:
+                import shutil
+
+                shutil.rmtree(self.work, ignore_errors=True)
+
+    def _work_dir(self) -> str:
+        """Return the build's scratch directory, made on first use: cache hits need none."""
+        if self.work is None:
+            import tempfile
+
+            self.work = tempfile.mkdtemp(dir=self.store._tmp, prefix="build-")
+        return self.work
 
     def _global_args(self, dockerfile) -> dict[str, str]:
         from kakoi.build.parser import expand, parse_key_values
@@ -211,7 +219,6 @@ class Builder:
         self.say(f"STEP {self.step}/{self.total}: {text}")
 
     def _base_state(self, dockerfile, stage, base: str) -> StageState:
-        from kakoi.engine.run import resolve_image
         from kakoi.errors import ImageNotFound, InvalidArgument
 
         found = self._stage_ref(dockerfile, base, stage.index)
@@ -224,7 +231,12 @@ class Builder:
                      "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
             return StageState(stage.name, image, [], caches.step_key("", "scratch"))
         try:
-            record = resolve_image(self.store, base, "always" if self.options.pull else "missing")
+            record = self._stored_image(base)
+            if record is None:
+                from kakoi.engine.run import resolve_image
+
+                record = resolve_image(self.store, base,
+                                       "always" if self.options.pull else "missing")
         except (ImageNotFound, InvalidArgument) as error:
             raise BuildError(f"{self.options.filename}:{stage.line}: base image {base!r}: "
                              f"{error}") from None
@@ -237,6 +249,21 @@ class Builder:
                    "diff_id": layer.diff_id, "chain_id": chain}
                   for layer, chain in zip(record.layers, record.chain_ids)]
         return StageState(stage.name, image, layers, caches.step_key("", record.id))
+
+    def _stored_image(self, name: str):
+        """Return the stored image `name` when no pull is due, else None.
+
+        resolve_image does the same lookup first, but importing the engine for it costs
+        several milliseconds that a fully cached build can skip.
+        """
+        from kakoi.errors import ImageNotFound
+
+        if self.options.pull:
+            return None
+        try:
+            return self.store.resolve(name)
+        except ImageNotFound:
+            return None
 
     def _triggers(self, triggers: list[str], stage) -> list:
         from kakoi.build.parser import parse
@@ -485,7 +512,9 @@ class Builder:
         from kakoi.engine.config import RunOptions
         from kakoi.engine.run import _write_etc_files, overlay_mount
 
-        directory = tempfile.mkdtemp(dir=self.work, prefix="run-")
+        import tempfile
+
+        directory = tempfile.mkdtemp(dir=self._work_dir(), prefix="run-")
         for name in ("rootfs", "upper", "work"):
             os.mkdir(os.path.join(directory, name))
         layer_dirs = self._layer_dirs(state)
@@ -596,11 +625,14 @@ class Builder:
     # Layers
 
     def _layer_dirs(self, state: StageState) -> list[str]:
-        return [os.path.join(str(self.store.layer_dir(layer["chain_id"])), "diff")
+        # The str path of the store keeps pathlib out of a fully cached build.
+        return [os.path.join(self.store._layer_dir(layer["chain_id"]), "diff")
                 for layer in state.layers]
 
     def _new_diff(self) -> str:
-        path = tempfile.mkdtemp(dir=self.work, prefix="diff-")
+        import tempfile
+
+        path = tempfile.mkdtemp(dir=self._work_dir(), prefix="diff-")
         os.chmod(path, 0o755)
         return path
 
@@ -628,7 +660,8 @@ class Builder:
                            "diff_ids": [layer["diff_id"] for layer in state.layers]}
         history = image.get("history") or []
         image["created"] = history[-1]["created"] if history else self._now()
-        image.setdefault("architecture", _architecture())
+        if "architecture" not in image:
+            image["architecture"] = _architecture()
         image.setdefault("os", "linux")
         image.pop("container_config", None)
         image.pop("container", None)
@@ -637,7 +670,10 @@ class Builder:
         config = {k: v for k, v in config.items() if v not in (None, [], {})}
         image["config"] = config
         data = json.dumps(image, sort_keys=True, separators=(",", ":")).encode()
-        record = self.store.commit_built(self._names(), data, state.layers)
+        names = self._names()
+        record = self._unchanged(data, names)
+        if record is None:
+            record = self.store.commit_built(names, data, state.layers)
         unused = sorted(set(self.options.build_args) - self.used_args - PROXY_ARGS)
         if unused:
             print(f"kakoi: warning: build args not consumed by any ARG: {', '.join(unused)}",
@@ -645,6 +681,30 @@ class Builder:
         for name in self.options.tags:
             self.say(f"Successfully tagged {name}")
         return record.id
+
+    def _unchanged(self, config: bytes, names: list[str]):
+        """Return the stored image when it has this config and every name already, else None.
+
+        commit_built would then rewrite the same blobs and index, after importing the archive
+        code and OpenSSL: a fully cached rebuild skips that.
+        """
+        hasher = caches.sha256(len(config))
+        hasher.update(config)
+        image_id = "sha256:" + hasher.hexdigest()
+        images = self.store.list()
+        found = [record for record in images if record.id == image_id]
+        if not found:
+            return None
+        record = found[0]
+        if any(name not in record.names for name in names):
+            return None
+        if any(name in other.names for other in images if other is not record
+               for name in names):
+            return None
+        for digest in (record.id, record.manifest_digest):
+            if not os.path.exists(self.store._blob_file(digest)):
+                return None
+        return record
 
     def _names(self) -> list[str]:
         from kakoi.image import reference
@@ -859,11 +919,13 @@ class CopyJob:
             return MergedView(self.builder._layer_dirs(self.builder.stages[index]))
         if index is not None:
             raise self.fail(f"--from={source} names a stage that is not built before this one")
-        from kakoi.engine.run import resolve_image
-
         try:
-            record = resolve_image(self.builder.store, source,
-                                   "always" if self.builder.options.pull else "missing")
+            record = self.builder._stored_image(source)
+            if record is None:
+                from kakoi.engine.run import resolve_image
+
+                record = resolve_image(self.builder.store, source,
+                                       "always" if self.builder.options.pull else "missing")
         except KakoiError as error:
             raise self.fail(f"--from={source} is neither a stage nor an image: {error}") \
                 from None
@@ -946,8 +1008,11 @@ class CopyJob:
         import urllib.parse
         import urllib.request
 
+        import shutil
+        import tempfile
+
         name = posixpath.basename(urllib.parse.urlparse(url).path) or "index.html"
-        path = os.path.join(tempfile.mkdtemp(dir=self.builder.work, prefix="url-"), name)
+        path = os.path.join(tempfile.mkdtemp(dir=self.builder._work_dir(), prefix="url-"), name)
         try:
             with urllib.request.urlopen(url, timeout=30) as response, open(path, "wb") as out:
                 shutil.copyfileobj(response, out)
@@ -1018,6 +1083,8 @@ class CopyJob:
         _make_parents(self.view, diff, path + "/x", self.owner)
 
     def _place(self, diff: str, host: str, destination: str) -> None:
+        import shutil
+
         _make_parents(self.view, diff, destination, self.owner)
         target = os.path.join(diff, destination.lstrip("/"))
         info = os.lstat(host)

@@ -6,10 +6,8 @@ the executor calls expand() from kakoi.build.expand, re-exported here, with the 
 tracks. Every error is a BuildError that names the file and line.
 """
 
-import difflib
 import json
 import re
-from dataclasses import dataclass, field
 
 from kakoi.build.expand import EXPANDED_KEYWORDS, expand, expand_words, split_words
 from kakoi.errors import BuildError
@@ -47,8 +45,30 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m
                    "h": 3600.0}
 
 
-@dataclass(slots=True)
-class Heredoc:
+class _Record:
+    """Equality and a repr over `__slots__`, in place of a dataclass.
+
+    Importing dataclasses costs several milliseconds, a large part of a fully cached build.
+    """
+
+    __slots__ = ()
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Heredoc(_Record):
     """A here-document that follows a RUN, COPY or ADD line.
 
     content is the body with a newline after each line. For `<<-` (strip_tabs) the leading tabs
@@ -56,14 +76,17 @@ class Heredoc:
     which means the body is used without variable substitution.
     """
 
-    name: str
-    content: str
-    strip_tabs: bool = False
-    expand: bool = True
+    __slots__ = ("name", "content", "strip_tabs", "expand")
+
+    def __init__(self, name: str, content: str, strip_tabs: bool = False,
+                 expand: bool = True):
+        self.name = name
+        self.content = content
+        self.strip_tabs = strip_tabs
+        self.expand = expand
 
 
-@dataclass(slots=True)
-class Instruction:
+class Instruction(_Record):
     """One Dockerfile instruction, with its text as written and its parts.
 
     arguments is the raw text after the flags, with continuation lines joined and comment lines
@@ -72,38 +95,51 @@ class Instruction:
     flags, a list of str. escape is the Dockerfile's escape character, which expand() needs.
     """
 
-    keyword: str
-    arguments: str
-    line: int
-    end_line: int
-    text: str
-    flags: dict[str, str | bool | list[str]] = field(default_factory=dict)
-    json: list[str] | None = None
-    heredocs: list[Heredoc] = field(default_factory=list)
-    inner: "Instruction | None" = None
-    escape: str = "\\"
+    __slots__ = ("keyword", "arguments", "line", "end_line", "text", "flags", "json",
+                 "heredocs", "inner", "escape")
+
+    def __init__(self, keyword: str, arguments: str, line: int, end_line: int, text: str,
+                 flags: dict[str, str | bool | list[str]] | None = None,
+                 json: list[str] | None = None, heredocs: list[Heredoc] | None = None,
+                 inner: "Instruction | None" = None, escape: str = "\\"):
+        self.keyword = keyword
+        self.arguments = arguments
+        self.line = line
+        self.end_line = end_line
+        self.text = text
+        self.flags = {} if flags is None else flags
+        self.json = json
+        self.heredocs = [] if heredocs is None else heredocs
+        self.inner = inner
+        self.escape = escape
 
 
-@dataclass(slots=True)
-class Stage:
+class Stage(_Record):
     """A build stage: its FROM line and the instructions after it."""
 
-    index: int
-    name: str | None
-    base: str
-    platform: str | None
-    instructions: list[Instruction]
-    line: int
+    __slots__ = ("index", "name", "base", "platform", "instructions", "line")
+
+    def __init__(self, index: int, name: str | None, base: str, platform: str | None,
+                 instructions: list[Instruction], line: int):
+        self.index = index
+        self.name = name
+        self.base = base
+        self.platform = platform
+        self.instructions = instructions
+        self.line = line
 
 
-@dataclass(slots=True)
-class Dockerfile:
+class Dockerfile(_Record):
     """A parsed Dockerfile: parser directives, ARGs before the first FROM, and the stages."""
 
-    directives: dict[str, str]
-    global_args: list[Instruction]
-    stages: list[Stage]
-    filename: str = "Dockerfile"
+    __slots__ = ("directives", "global_args", "stages", "filename")
+
+    def __init__(self, directives: dict[str, str], global_args: list[Instruction],
+                 stages: list[Stage], filename: str = "Dockerfile"):
+        self.directives = directives
+        self.global_args = global_args
+        self.stages = stages
+        self.filename = filename
 
     def find_stage(self, reference: str) -> Stage | None:
         """Return the stage named reference (any case), or at that index, else None."""
@@ -333,6 +369,8 @@ def _build_instruction(text: str, start: int, end: int, escape: str,
 
 
 def _suggest_keyword(keyword: str) -> str:
+    import difflib
+
     close = difflib.get_close_matches(keyword, KEYWORDS, n=1)
     if close:
         return f"did you mean {close[0]}?"
