@@ -4,166 +4,315 @@ The commands, flags and outputs follow runc 1.1, so that Podman (through conmon)
 containerd's shim can use kakoi-runtime in runc's place.
 """
 
-import argparse
-import json
 import os
 import sys
 
 from kakoi import __version__
-from kakoi.cli.lazy import HelpFormatter, OneCommand, split_command
 from kakoi.errors import KakoiError
 
 SPEC_VERSION = "1.0.2"
 
+# A hand-written parser in place of argparse: importing argparse (with gettext and
+# locale) and building a parser of a dozen flags costs about 5 ms a command, and an
+# engine runs several commands for every container. Each table maps a flag spelling
+# to (attribute, kind), where kind is "flag" (no value), "value", "int", "append",
+# "append-int", or a tuple of the allowed values.
+_GLOBAL_OPTIONS = {
+    "--root": ("root", "value"), "--log": ("log", "value"),
+    "--log-format": ("log_format", ("text", "json")), "--debug": ("debug", "flag"),
+    "--systemd-cgroup": ("systemd_cgroup", "flag"), "--criu": ("criu", "value"),
+    "--rootless": ("rootless", "value"),
+}
+_GLOBAL_DEFAULTS = {"log": None, "log_format": "text", "debug": False,
+                    "systemd_cgroup": False, "criu": None, "rootless": "auto"}
 
-class ArgumentParser(argparse.ArgumentParser):
-    """Exit with status 1 on a bad flag, as runc does."""
+_CREATE_OPTIONS = {
+    "-b": ("bundle", "value"), "--bundle": ("bundle", "value"),
+    "--pid-file": ("pid_file", "value"), "--console-socket": ("console_socket", "value"),
+    "--no-pivot": ("no_pivot", "flag"), "--no-new-keyring": ("no_new_keyring", "flag"),
+    "--preserve-fds": ("preserve_fds", "int"),
+}
+_CREATE_DEFAULTS = {"bundle": ".", "pid_file": None, "console_socket": None,
+                    "no_pivot": False, "no_new_keyring": False, "preserve_fds": 0}
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
+_EXEC_OPTIONS = {
+    "-p": ("process", "value"), "--process": ("process", "value"),
+    "-t": ("tty", "flag"), "--tty": ("tty", "flag"),
+    "--console-socket": ("console_socket", "value"),
+    "-d": ("detach", "flag"), "--detach": ("detach", "flag"),
+    "--pid-file": ("pid_file", "value"),
+    "-e": ("env", "append"), "--env": ("env", "append"), "--cwd": ("cwd", "value"),
+    "-u": ("user", "value"), "--user": ("user", "value"),
+    "-g": ("additional_gids", "append-int"), "--additional-gids": ("additional_gids", "append-int"),
+    "-c": ("cap", "append"), "--cap": ("cap", "append"),
+    "--no-new-privs": ("no_new_privs", "flag"), "--preserve-fds": ("preserve_fds", "int"),
+    "--apparmor": ("apparmor", "value"), "--process-label": ("process_label", "value"),
+}
+_EXEC_DEFAULTS = {"process": None, "tty": False, "console_socket": None, "detach": False,
+                  "pid_file": None, "env": [], "cwd": None, "user": None,
+                  "additional_gids": [], "cap": [], "no_new_privs": False, "preserve_fds": 0,
+                  "apparmor": None, "process_label": None}
 
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(1, f"kakoi-runtime: {message}\n")
-
-
-_GLOBAL_FLAGS_WITH_VALUES = {"--root", "--log", "--log-format", "--criu", "--rootless"}
-
-
-def build_parser(command: str | None = None) -> ArgumentParser:
-    """Return the parser; with command, one that builds only that command's parser."""
-    from kakoi.runtime.state import DEFAULT_ROOT
-
-    parser = ArgumentParser(prog="kakoi-runtime",
-                            description="Run OCI bundles; a runc-compatible command line.")
-    parser.add_argument("-v", "--version", action="version",
-                        version=f"kakoi-runtime version {__version__}\nspec: {SPEC_VERSION}")
-    parser.add_argument("--root", default=DEFAULT_ROOT,
-                        help=f"directory of container state (default {DEFAULT_ROOT})")
-    parser.add_argument("--log", help="write errors and debug output to this file")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text",
-                        help="format of the --log file")
-    parser.add_argument("--debug", action="store_true", help="log debug output")
-    parser.add_argument("--systemd-cgroup", action="store_true",
-                        help="manage cgroups through systemd (not supported)")
-    parser.add_argument("--criu", help=argparse.SUPPRESS)
-    parser.add_argument("--rootless", default="auto", help="rootless mode: auto or false")
-    if command is None:
-        commands = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                         parser_class=ArgumentParser)
-    else:
-        commands = OneCommand(command, "kakoi-runtime", ArgumentParser)
-        parser.add_argument("command", choices=[command])
-        parser.add_argument("arguments", nargs=argparse.REMAINDER)
-    _add_create_flags(commands.add_parser("create", help="create a container"))
-    run = commands.add_parser("run", help="create and start a container")
-    _add_create_flags(run)
-    run.add_argument("-d", "--detach", action="store_true", help="do not wait for it to exit")
-    run.add_argument("--keep", action="store_true", help="keep the container after it exits")
-    for name, text in (("start", "start a created container"),
-                       ("pause", "freeze every process of a container"),
-                       ("resume", "thaw a paused container")):
-        commands.add_parser(name, help=text).add_argument("id")
-    commands.add_parser("state", help="print a container's state as JSON").add_argument("id")
-    kill = commands.add_parser("kill", help="send a signal to a container's init")
-    kill.add_argument("-a", "--all", action="store_true", help="signal every process")
-    kill.add_argument("id")
-    kill.add_argument("signal", nargs="?", default="SIGTERM")
-    delete = commands.add_parser("delete", help="remove a container")
-    delete.add_argument("-f", "--force", action="store_true", help="kill it first if running")
-    delete.add_argument("id")
-    listing = commands.add_parser("list", help="list containers")
-    listing.add_argument("-f", "--format", choices=("table", "json"), default="table")
-    listing.add_argument("-q", "--quiet", action="store_true", help="print ids only")
-    ps = commands.add_parser("ps", help="list a container's processes")
-    ps.add_argument("-f", "--format", choices=("table", "json"), default="table")
-    ps.add_argument("id")
-    ps.add_argument("ps_args", nargs=argparse.REMAINDER)
-    _add_exec_parser(commands)
-    events = commands.add_parser("events", help="print a container's stats and OOM events")
-    events.add_argument("--stats", action="store_true", help="print stats once and exit")
-    events.add_argument("--interval", default="5s", help="time between stats (default 5s)")
-    events.add_argument("id")
-    _add_update_parser(commands)
-    commands.add_parser("features", help="print the features of this runtime as JSON")
-    spec = commands.add_parser("spec", help="write a default config.json")
-    spec.add_argument("-b", "--bundle", default=".", help="bundle directory")
-    # Its own dest: the global --rootless fills args.rootless first, and argparse does
-    # not overwrite an attribute that is already there with this flag's default.
-    spec.add_argument("--rootless", action="store_true", dest="rootless_spec",
-                      help="a spec for rootless use")
-    if command is not None:
-        parser.set_defaults(subparser=commands.parser)
-    return parser
-
-
-def parse(argv: list[str]):
-    """Parse the global flags, then the command's own flags with that command's parser.
-
-    Building the parsers of all fifteen commands costs about 10 ms, a fifth of a
-    container start, so only the one being run is built.
-    """
-    index = split_command(argv, _GLOBAL_FLAGS_WITH_VALUES)
-    command = argv[index] if index is not None else None
-    parser = build_parser(command) if command in _COMMANDS else None
-    if parser is None:
-        return build_parser().parse_args(argv)  # help, version, or an unknown command
-    args = parser.parse_args(argv)
-    args.subparser.parse_args(args.arguments, namespace=args)
-    args.command = command
-    return args
-
-
-def _add_create_flags(parser) -> None:
-    parser.add_argument("-b", "--bundle", default=".", help="bundle directory")
-    parser.add_argument("--pid-file", help="write the init's pid to this file")
-    parser.add_argument("--console-socket", help="unix socket that receives the pty master")
-    parser.add_argument("--no-pivot", action="store_true",
-                        help="enter the rootfs by move and chroot instead of pivot_root")
-    parser.add_argument("--no-new-keyring", action="store_true",
-                        help="keep the caller's session keyring")
-    parser.add_argument("--preserve-fds", type=int, default=0,
-                        help="pass this many extra fds, from 3 on, to the container")
-    parser.add_argument("id")
-
-
-def _add_exec_parser(commands) -> None:
-    exec_ = commands.add_parser("exec", help="run a process in a running container")
-    exec_.add_argument("-p", "--process", help="process.json with the process to run")
-    exec_.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
-    exec_.add_argument("--console-socket", help="unix socket that receives the pty master")
-    exec_.add_argument("-d", "--detach", action="store_true", help="do not wait for it")
-    exec_.add_argument("--pid-file", help="write the process's pid to this file")
-    exec_.add_argument("-e", "--env", action="append", default=[], help="add KEY=VALUE")
-    exec_.add_argument("--cwd", help="working directory in the container")
-    exec_.add_argument("-u", "--user", help="uid[:gid]")
-    exec_.add_argument("-g", "--additional-gids", action="append", type=int, default=[])
-    exec_.add_argument("-c", "--cap", action="append", default=[], help="add a capability")
-    exec_.add_argument("--no-new-privs", action="store_true", help="set no_new_privs")
-    exec_.add_argument("--preserve-fds", type=int, default=0)
-    exec_.add_argument("--apparmor", help=argparse.SUPPRESS)
-    exec_.add_argument("--process-label", help=argparse.SUPPRESS)
-    exec_.add_argument("id")
-    exec_.add_argument("exec_args", nargs=argparse.REMAINDER, metavar="COMMAND",
-                       help="command and its arguments, unless --process is given")
-
-
-def _add_update_parser(commands) -> None:
-    update = commands.add_parser("update", help="change a container's resource limits")
-    update.add_argument("-r", "--resources", help="linux.resources JSON file, or - for stdin")
-    for flag in ("memory", "memory-swap", "memory-reservation", "kernel-memory",
+_UPDATE_FLAGS = ("memory", "memory-swap", "memory-reservation", "kernel-memory",
                  "kernel-memory-tcp", "cpu-shares", "cpu-quota", "cpu-period", "cpuset-cpus",
                  "cpuset-mems", "pids-limit", "blkio-weight", "cpu-rt-period",
-                 "cpu-rt-runtime", "l3-cache-schema", "mem-bw-schema"):
-        update.add_argument(f"--{flag}")
-    update.add_argument("id")
+                 "cpu-rt-runtime", "l3-cache-schema", "mem-bw-schema")
+_UPDATE_OPTIONS = {"-r": ("resources", "value"), "--resources": ("resources", "value"),
+                   **{f"--{flag}": (flag.replace("-", "_"), "value") for flag in _UPDATE_FLAGS}}
+
+_FORMAT_OPTIONS = {"-f": ("format", ("table", "json")), "--format": ("format", ("table", "json"))}
+
+
+class _Command:
+    """One command's flags, defaults and positional arguments.
+
+    positionals names the required ones, and optional is the name and default of one
+    optional positional. remainder names the attribute that takes every argument after
+    the positionals, flags included, as argparse.REMAINDER does.
+    """
+
+    def __init__(self, summary: str, options: dict | None = None, defaults: dict | None = None,
+                 positionals: tuple[str, ...] = ("id",), optional: tuple[str, str] | None = None,
+                 remainder: str | None = None):
+        self.summary = summary
+        self.options = options or {}
+        self.defaults = defaults or {}
+        self.positionals = positionals
+        self.optional = optional
+        self.remainder = remainder
+
+
+_SPECS = {
+    "create": _Command("create a container", _CREATE_OPTIONS, _CREATE_DEFAULTS),
+    "run": _Command("create and start a container",
+                    {**_CREATE_OPTIONS, "-d": ("detach", "flag"), "--detach": ("detach", "flag"),
+                     "--keep": ("keep", "flag")},
+                    {**_CREATE_DEFAULTS, "detach": False, "keep": False}),
+    "start": _Command("start a created container"),
+    "pause": _Command("freeze every process of a container"),
+    "resume": _Command("thaw a paused container"),
+    "state": _Command("print a container's state as JSON"),
+    "kill": _Command("send a signal to a container's init (default SIGTERM)",
+                     {"-a": ("all", "flag"), "--all": ("all", "flag")}, {"all": False},
+                     optional=("signal", "SIGTERM")),
+    "delete": _Command("remove a container; --force kills it first if running",
+                       {"-f": ("force", "flag"), "--force": ("force", "flag")}, {"force": False}),
+    "list": _Command("list containers",
+                     {**_FORMAT_OPTIONS, "-q": ("quiet", "flag"), "--quiet": ("quiet", "flag")},
+                     {"format": "table", "quiet": False}, positionals=()),
+    "ps": _Command("list a container's processes", _FORMAT_OPTIONS, {"format": "table"},
+                   remainder="ps_args"),
+    "exec": _Command("run a process in a running container", _EXEC_OPTIONS, _EXEC_DEFAULTS,
+                     remainder="exec_args"),
+    "events": _Command("print a container's stats and OOM events",
+                       {"--stats": ("stats", "flag"), "--interval": ("interval", "value")},
+                       {"stats": False, "interval": "5s"}),
+    "update": _Command("change a container's resource limits", _UPDATE_OPTIONS,
+                       {dest: None for dest, _ in _UPDATE_OPTIONS.values()}),
+    "features": _Command("print the features of this runtime as JSON", positionals=()),
+    "spec": _Command("write a default config.json",
+                     {"-b": ("bundle", "value"), "--bundle": ("bundle", "value"),
+                      "--rootless": ("rootless_spec", "flag")},
+                     {"bundle": ".", "rootless_spec": False}, positionals=()),
+}
+
+
+class UsageError(Exception):
+    """A command line that kakoi-runtime cannot parse."""
+
+
+class Arguments:
+    """The parsed command line: one attribute per flag and positional argument."""
+
+    def __init__(self, values: dict):
+        self.__dict__.update(values)
+
+
+def parse(argv: list[str]) -> Arguments | None:
+    """Parse the global flags, the command and its flags; None when help or version ran.
+
+    Like runc, global flags come before the command and the command's flags after it,
+    in any order with its positional arguments.
+    """
+    from kakoi.runtime.state import DEFAULT_ROOT
+
+    values = {"root": DEFAULT_ROOT, **_GLOBAL_DEFAULTS, "command": None}
+    index = 0
+    while index < len(argv) and argv[index].startswith("-") and argv[index] != "-":
+        argument = argv[index]
+        if argument in ("-h", "--help"):
+            _print_help(sys.stdout)
+            return None
+        if argument in ("-v", "--version"):
+            print(f"kakoi-runtime version {__version__}\nspec: {SPEC_VERSION}")
+            return None
+        if argument == "--":
+            index += 1
+            break
+        index = _parse_option(argv, index, _GLOBAL_OPTIONS, values)
+    if index == len(argv):
+        return Arguments(values)
+    command = argv[index]
+    spec = _SPECS.get(command)
+    if spec is None:
+        raise UsageError(f"unknown command {command!r}: run kakoi-runtime --help for the list")
+    values["command"] = command
+    if _parse_command(spec, command, argv[index + 1:], values):
+        return None
+    return Arguments(values)
+
+
+def _parse_command(spec: _Command, command: str, argv: list[str], values: dict) -> bool:
+    """Fill values with the command's flags and positionals; True when help was printed."""
+    for name, default in spec.defaults.items():
+        values[name] = list(default) if isinstance(default, list) else default
+    positionals: list[str] = []
+    expected_count = len(spec.positionals) + (1 if spec.optional else 0)
+    index = 0
+    only_positionals = False
+    while index < len(argv):
+        argument = argv[index]
+        if spec.remainder and len(positionals) == len(spec.positionals) and positionals:
+            values[spec.remainder] = argv[index:]
+            break
+        if only_positionals or not _is_flag(argument):
+            positionals.append(argument)
+            index += 1
+        elif argument == "--":
+            only_positionals = True
+            index += 1
+        elif argument in ("-h", "--help"):
+            _print_command_help(command, spec)
+            return True
+        else:
+            index = _parse_option(argv, index, spec.options, values, command)
+    if spec.remainder:
+        values.setdefault(spec.remainder, [])
+    _assign_positionals(spec, command, positionals[:expected_count], values)
+    if len(positionals) > expected_count:
+        raise UsageError(f"unexpected argument {positionals[expected_count]!r} for {command}: "
+                         f"run kakoi-runtime {command} --help for its usage")
+    return False
+
+
+def _is_flag(argument: str) -> bool:
+    """Return whether argument is a flag; "-" and negative numbers are values, as in argparse."""
+    if not argument.startswith("-") or argument == "-":
+        return False
+    return not argument[1:].isdigit()
+
+
+def _assign_positionals(spec: _Command, command: str, positionals: list[str],
+                        values: dict) -> None:
+    if len(positionals) < len(spec.positionals):
+        missing = spec.positionals[len(positionals)]
+        description = "a container id" if missing == "id" else missing
+        raise UsageError(f"missing {description} for {command}: run kakoi-runtime {command} "
+                         "--help for its usage")
+    for name, value in zip(spec.positionals, positionals):
+        values[name] = value
+    if spec.optional:
+        name, default = spec.optional
+        values[name] = positionals[len(spec.positionals)] \
+            if len(positionals) > len(spec.positionals) else default
+
+
+def _parse_option(argv: list[str], index: int, options: dict, values: dict,
+                  command: str | None = None) -> int:
+    """Store the flag at argv[index] (with its value) in values; return the next index.
+
+    Accepts --flag value, --flag=value, -x value, -xvalue and clustered short flags
+    such as -dt.
+    """
+    argument = argv[index]
+    name, separator, inline = argument.partition("=") if argument.startswith("--") \
+        else (argument[:2], "", argument[2:])
+    has_inline = bool(separator) or (not argument.startswith("--") and bool(inline))
+    if name not in options:
+        where = f"kakoi-runtime {command}" if command else "kakoi-runtime"
+        raise UsageError(f"unknown flag {name} for {where}: run {where} --help for its flags")
+    dest, kind = options[name]
+    if kind == "flag":
+        if separator:
+            raise UsageError(f"flag {name} takes no value: remove {argument[len(name):]!r}")
+        values[dest] = True
+        if inline:  # a cluster of short flags: -dt
+            return _parse_option(argv[:index] + ["-" + inline] + argv[index + 1:], index,
+                                 options, values, command)
+        return index + 1
+    if has_inline:
+        value = inline if separator else inline.removeprefix("=")
+        index += 1
+    elif index + 1 < len(argv):
+        value = argv[index + 1]
+        index += 2
+    else:
+        raise UsageError(f"missing value for flag {name}: write {name} VALUE")
+    _store(name, dest, kind, value, values)
+    return index
+
+
+def _store(name: str, dest: str, kind, value: str, values: dict) -> None:
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise UsageError(f"invalid {name} {value!r}: use one of {', '.join(kind)}")
+    elif kind in ("int", "append-int"):
+        try:
+            value = int(value)
+        except ValueError:
+            raise UsageError(f"invalid {name} {value!r}: use an integer")
+    if kind in ("append", "append-int"):
+        values[dest] = values.get(dest) or []
+        values[dest].append(value)
+    else:
+        values[dest] = value
+
+
+def _print_help(stream) -> None:
+    from kakoi.runtime.state import DEFAULT_ROOT
+
+    lines = ["usage: kakoi-runtime [global flags] COMMAND [flags] [arguments]",
+             "", "Run OCI bundles; a runc-compatible command line.", "", "commands:"]
+    lines += [f"  {name:<10}{spec.summary}" for name, spec in _SPECS.items()]
+    lines += ["", "global flags:",
+              f"  --root DIR          directory of container state (default {DEFAULT_ROOT})",
+              "  --log FILE          write errors and debug output to this file",
+              "  --log-format FMT    format of the --log file: text (default) or json",
+              "  --debug             log debug output",
+              "  --systemd-cgroup    manage cgroups through systemd (not supported)",
+              "  --rootless MODE     rootless mode: auto (default) or false",
+              "  -v, --version       print the version",
+              "  -h, --help          print this help"]
+    print("\n".join(lines), file=stream)
+
+
+def _print_command_help(command: str, spec: _Command) -> None:
+    arguments = " ".join(f"<{name}>" for name in spec.positionals)
+    if spec.optional:
+        arguments += f" [{spec.optional[0]}]"
+    if spec.remainder:
+        arguments += " [arguments...]"
+    print(f"usage: kakoi-runtime {command} [flags] {arguments}".rstrip())
+    print(f"\n{spec.summary}\n\nflags:")
+    by_dest: dict[str, list[str]] = {}
+    for flag, (dest, kind) in spec.options.items():
+        by_dest.setdefault(dest, []).append(flag)
+    for dest, flags in by_dest.items():
+        kind = spec.options[flags[0]][1]
+        value = "" if kind == "flag" else " VALUE"
+        print(f"  {', '.join(flags)}{value}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+    except UsageError as error:
+        print(f"kakoi-runtime: {error}", file=sys.stderr)
+        return 1
+    if args is None:
+        return 0
     if not args.command:
-        build_parser().print_help(sys.stderr)
+        _print_help(sys.stderr)
         return 1
     if args.debug:
         from kakoi import log
@@ -198,6 +347,8 @@ def _report(args, message: str) -> None:
     try:
         with open(args.log, "a") as file:
             if args.log_format == "json":
+                import json
+
                 file.write(json.dumps({"level": "error", "msg": message, "time": now()}) + "\n")
             else:
                 file.write(f"time=\"{now()}\" level=error msg=\"{message}\"\n")
@@ -251,6 +402,8 @@ def _start(args) -> int:
 
 
 def _state(args) -> int:
+    import json
+
     from kakoi.runtime import lifecycle
 
     print(json.dumps(lifecycle.describe(args.root, args.id), indent=2))
@@ -272,6 +425,8 @@ def _delete(args) -> int:
 
 
 def _list(args) -> int:
+    import json
+
     from kakoi.runtime import lifecycle
 
     rows = lifecycle.list_all(args.root)
@@ -289,6 +444,7 @@ def _list(args) -> int:
 
 
 def _ps(args) -> int:
+    import json
     import subprocess
 
     from kakoi.runtime import lifecycle
@@ -368,6 +524,7 @@ def _resume(args) -> int:
 
 
 def _events(args) -> int:
+    import json
     import time
 
     from kakoi.runtime import lifecycle
@@ -464,6 +621,8 @@ def _resources_from_flags(args) -> dict:
 
 
 def _features(args) -> int:
+    import json
+
     from kakoi.runtime.features import features
 
     print(json.dumps(features(), indent=2))
@@ -471,14 +630,19 @@ def _features(args) -> int:
 
 
 def _spec(args) -> int:
+    import json
+
     from kakoi.runtime.features import default_spec
 
     path = os.path.join(args.bundle, "config.json")
     if os.path.exists(path):
         raise KakoiError(f"{path} already exists: remove it first")
-    with open(path, "w") as file:
-        json.dump(default_spec(rootless=args.rootless_spec), file, indent=2)
-        file.write("\n")
+    try:
+        with open(path, "w") as file:
+            json.dump(default_spec(rootless=args.rootless_spec), file, indent=2)
+            file.write("\n")
+    except OSError as error:
+        raise KakoiError(f"cannot write {path}: {error.strerror}")
     return 0
 
 

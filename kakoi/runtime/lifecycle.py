@@ -5,11 +5,7 @@ init waiting on its exec fifo and exits, start (another process) opens the fifo,
 every later command finds the container through its state directory.
 """
 
-import json
 import os
-import select
-import signal
-import socket
 import time
 
 from kakoi import log
@@ -77,6 +73,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
 def _send_console(path: str, fd: int) -> None:
     """Hand the pty master to the caller's console socket, as runc's --console-socket does."""
     import array
+    import socket
 
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -117,6 +114,8 @@ def _read_start_byte(fd: int, state: dict) -> None:
 
     Init writes its byte when it opens the fifo, and exec closes its end.
     """
+    import select
+
     started = False
     while True:
         ready, _, _ = select.select([fd], [], [], 0.05)
@@ -184,6 +183,8 @@ def _open_cgroup(state: dict):
 
 def parse_signal(text: str) -> int:
     """Parse "KILL", "SIGKILL", "9" or "sigkill" into a signal number."""
+    import signal
+
     text = text.strip()
     if text.isdigit():
         number = int(text)
@@ -242,6 +243,8 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
 
 
 def _kill_and_wait(state: dict, cgroup) -> None:
+    import signal
+
     if cgroup is not None:
         cgroup.kill(signal.SIGKILL)
     try:
@@ -265,7 +268,7 @@ def _reap_if_child(pid: int) -> None:
 
 
 def _remove_directory(directory: str) -> None:
-    from kakoi.kernel.paths import remove_tree
+    from kakoi.kernel.tree import remove_tree
 
     remove_tree(directory)
 
@@ -318,6 +321,8 @@ def update(root: str, container_id: str, resources: dict) -> None:
 
 
 def load_resources(text: str) -> dict:
+    import json
+
     try:
         resources = json.loads(text)
     except ValueError as error:

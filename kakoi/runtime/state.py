@@ -11,13 +11,12 @@ having recorded it.
 
 import json
 import os
-import re
 import time
 
 from kakoi.errors import ContainerError, InvalidArgument
 
 DEFAULT_ROOT = "/run/kakoi"
-_ID = re.compile(r"^[\w+\-.]+$")
+_ID_PUNCTUATION = frozenset("_+-.")
 
 
 class InvalidState(ContainerError):
@@ -25,7 +24,11 @@ class InvalidState(ContainerError):
 
 
 def validate_id(container_id: str) -> None:
-    if not _ID.match(container_id) or container_id in (".", ".."):
+    # Letters and digits as str.isalnum (and the regex \w) define them, so an id may be
+    # non-ASCII; checked by hand because compiling a regex costs more than the check.
+    valid = bool(container_id) and all(char.isalnum() or char in _ID_PUNCTUATION
+                                       for char in container_id)
+    if not valid or container_id in (".", ".."):
         raise InvalidArgument(f"invalid container id {container_id!r}: use letters, digits "
                               "and + - . _")
 
