@@ -201,6 +201,7 @@ class Builder:
 
         args = {k: v for k, v in self.global_args.items() if v is not None}
         base = expand(stage.base, args)
+        self._check_platform(stage, expand(stage.platform, args) if stage.platform else None)
         self._announce(f"FROM {base}" + (f" AS {stage.name}" if stage.name else ""))
         state = self._base_state(dockerfile, stage, base)
         triggers = list(state.config.get("OnBuild") or [])
@@ -501,9 +502,14 @@ class Builder:
         if instruction.json is not None:
             return list(instruction.json)
         script = instruction.arguments.strip()
-        for heredoc in instruction.heredocs or []:
-            # A heredoc body is the script, run through the shell as `sh -c BODY`.
-            script = heredoc.content
+        heredocs = instruction.heredocs or []
+        if len(heredocs) == 1 and script.lstrip("<-").strip("'\"") == heredocs[0].name:
+            # `RUN <<EOF` alone: the body is the script, as BuildKit runs it.
+            script = heredocs[0].content
+        elif heredocs:
+            # `RUN cat <<EOF > /file` and the like: the shell reads the bodies itself, so
+            # quoted delimiters and <<- keep their shell meaning.
+            script += "\n" + "".join(f"{heredoc.content}{heredoc.name}\n" for heredoc in heredocs)
         shell = state.config.get("Shell") or DEFAULT_SHELL
         return list(shell) + [script]
 
@@ -600,7 +606,22 @@ class Builder:
     def _do_add(self, dockerfile, state, instruction) -> None:
         self._copy(dockerfile, state, instruction, add=True)
 
+    def _check_platform(self, stage, platform: str | None) -> None:
+        """Accept FROM --platform only for the host's platform: kakoi cannot emulate others."""
+        if not platform:
+            return
+        from kakoi.image.archive import host_architecture
+
+        host = f"linux/{host_architecture()}"
+        if platform.split("/")[:2] != host.split("/"):
+            raise BuildError(f"FROM --platform={platform} is not supported: kakoi builds "
+                             f"only for this host's {host}; build on a host of that platform",
+                             stage.line, self.options.filename)
+
     def _copy(self, dockerfile, state, instruction, add: bool) -> None:
+        if instruction.heredocs:
+            raise self.error(instruction, f"{instruction.keyword} from a heredoc is not "
+                             "supported yet: put the content in a file of the context")
         words = self._copy_words(state, instruction)
         if len(words) < 2:
             raise self.error(instruction, f"{instruction.keyword} needs at least one source "

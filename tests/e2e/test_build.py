@@ -159,6 +159,19 @@ def test_build_onbuild_triggers(kakoi, clean_host, context):
     assert run_in(kakoi, "built:child", "cat /trigger") == "triggered\n"
 
 
+def test_build_run_heredocs(kakoi, clean_host, context):
+    dockerfile = ("FROM busybox\n"
+                  "RUN <<EOF\necho one > /one\nEOF\n"
+                  "RUN cat <<EOF > /two\ntwo $HOME\nEOF\n"
+                  "RUN cat <<'EOF' > /three\nthree $HOME\nEOF\n")
+    result = build(kakoi, context, dockerfile, "-t", "built:heredocs")
+    assert result.returncode == 0, result.stderr
+    # A lone heredoc is the script; otherwise the shell reads the body, and a quoted
+    # delimiter stops expansion, as in Docker.
+    output = kakoi("run", "--rm", "built:heredocs", "cat", "/one", "/two", "/three").stdout
+    assert output == "one\ntwo /root\nthree $HOME\n"
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -167,6 +180,8 @@ def closed_port() -> int:
 
 BAD_INPUT = [
     ("FROM busybox\nFROBNICATE x\n", ":2:"),
+    ("FROM --platform=linux/s390x busybox\n", ":1:"),
+    ("FROM busybox\nCOPY <<EOF /x\nhi\nEOF\n", ":2:"),
     ("FROM busybox\nCOPY missing.txt /\n", ":2:"),
     ("FROM busybox\nCOPY ../outside /\n", ":2:"),
     # An unknown --from name is tried as an image, so it names a closed loopback port.
