@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import stat
 import sys
 import time
@@ -619,9 +620,6 @@ class Builder:
                              stage.line, self.options.filename)
 
     def _copy(self, dockerfile, state, instruction, add: bool) -> None:
-        if instruction.heredocs:
-            raise self.error(instruction, f"{instruction.keyword} from a heredoc is not "
-                             "supported yet: put the content in a file of the context")
         words = self._copy_words(state, instruction)
         if len(words) < 2:
             raise self.error(instruction, f"{instruction.keyword} needs at least one source "
@@ -873,6 +871,9 @@ def build(root: str, options: BuildOptions) -> str:
     return Builder(root, options).build()
 
 
+_HEREDOC_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
 class CopyJob:
     """One COPY or ADD: gathers the sources, checks the cache and writes the new layer."""
 
@@ -900,9 +901,12 @@ class CopyJob:
         return self.builder.error(self.instruction, message)
 
     def run(self) -> None:
-        source_view = self._source_view()
+        heredocs = {heredoc.name: heredoc for heredoc in self.instruction.heredocs or []}
+        source_view = None if heredocs and self.flag("from") is None else self._source_view()
         for source in self.sources:
-            if source_view is not None:
+            if source.startswith("<<") and heredocs:
+                self._gather_heredoc(heredocs, source)
+            elif source_view is not None:
                 self._gather_view(source_view, source)
             elif self.add and source.startswith(("http://", "https://")):
                 self._fetch(source)
@@ -951,6 +955,24 @@ class CopyJob:
             raise self.fail(f"--from={source} is neither a stage nor an image: {error}") \
                 from None
         return MergedView(self.builder.store.layer_dirs(record))
+
+    def _gather_heredoc(self, heredocs: dict, source: str) -> None:
+        """Add a heredoc's body as a file named after its delimiter, as BuildKit does."""
+        name = source.lstrip("<").lstrip("-").strip("'\"")
+        heredoc = heredocs.get(name)
+        if heredoc is None:
+            raise self.fail(f"{self.instruction.keyword} source {source!r} names no heredoc "
+                            "of this instruction")
+        content = heredoc.content
+        if heredoc.expand:
+            # Variables only, as a shell expands an unquoted heredoc: quotes stay.
+            variables = self.builder._variables(self.state)
+            content = _HEREDOC_VARIABLE.sub(
+                lambda match: variables.get(match.group(1) or match.group(2), ""), content)
+        path = os.path.join(self.builder._work_dir(), f"heredoc-{len(self.items)}-{name}")
+        with open(path, "w") as file:
+            file.write(content)
+        self.items.append(("file", name, path))
 
     def _gather_context(self, source: str) -> None:
         context = self.builder.context
