@@ -625,8 +625,11 @@ class Builder:
             raise self.error(instruction, f"{instruction.keyword} needs at least one source "
                              "and a destination")
         for flag in instruction.flags:
-            if flag not in ("from", "chown", "chmod", "link", "parents", "exclude",
-                            "keep-git-dir", "checksum"):
+            if flag in ("parents", "exclude", "checksum", "keep-git-dir"):
+                # Ignoring these would copy other files than asked, or skip a check.
+                raise self.error(instruction, f"{instruction.keyword} --{flag} is not "
+                                 "supported yet: leave it out, or build with BuildKit")
+            if flag not in ("from", "chown", "chmod", "link"):
                 raise self.error(instruction, f"unknown flag --{flag} for "
                                  f"{instruction.keyword}")
         job = CopyJob(self, dockerfile, state, instruction, words, add)

@@ -193,6 +193,7 @@ def closed_port() -> int:
 BAD_INPUT = [
     ("FROM busybox\nFROBNICATE x\n", ":2:"),
     ("FROM --platform=linux/s390x busybox\n", ":1:"),
+    ("FROM busybox\nCOPY --exclude=*.txt . /app/\n", ":2:"),
     ("FROM busybox\nCOPY missing.txt /\n", ":2:"),
     ("FROM busybox\nCOPY ../outside /\n", ":2:"),
     # An unknown --from name is tried as an image, so it names a closed loopback port.
