@@ -1032,7 +1032,14 @@ class CopyJob:
     def _gather_view(self, view: MergedView, source: str) -> None:
         path = posixpath.normpath("/" + source)
         host = view.lookup(path)
-        if host is None:
+        # A symlink that the source names is followed inside the image, as from the context.
+        for _ in range(40):
+            if host is None or not os.path.islink(host):
+                break
+            target = os.readlink(host)
+            path = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+            host = view.lookup(path)
+        if host is None or os.path.islink(host):
             raise self.fail(f"{self.instruction.keyword} source {source!r} not found in "
                             f"--from={self.flag('from')}")
         if os.path.isdir(host) and not os.path.islink(host):

@@ -184,6 +184,18 @@ def test_build_copy_heredoc(kakoi, clean_host, context):
     assert output == 'hello world "quoted"\nkeep $NAME\nin a directory\n'
 
 
+def test_build_copy_from_follows_named_symlink(kakoi, clean_host, context):
+    dockerfile = ("FROM busybox AS source\n"
+                  "RUN echo target > /real && ln -s /real /absolute && ln -s real /relative\n"
+                  "FROM busybox\nCOPY --from=source /absolute /got-absolute\n"
+                  "COPY --from=source /relative /got-relative\n")
+    result = build(kakoi, context, dockerfile, "-t", "built:from-link")
+    assert result.returncode == 0, result.stderr
+    output = kakoi("run", "--rm", "built:from-link", "sh", "-c",
+                   "cat /got-absolute /got-relative; test -L /got-absolute || echo file").stdout
+    assert output == "target\ntarget\nfile\n"
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
