@@ -11,6 +11,7 @@ import re
 
 from kakoi.build.expand import EXPANDED_KEYWORDS, expand, expand_words, split_words
 from kakoi.errors import BuildError
+from kakoi.records import Record
 
 __all__ = [
     "EXPANDED_KEYWORDS", "Dockerfile", "Heredoc", "Instruction", "KEYWORDS", "Stage", "expand",
@@ -45,30 +46,7 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m
                    "h": 3600.0}
 
 
-class _Record:
-    """Equality and a repr over `__slots__`, in place of a dataclass.
-
-    Importing dataclasses costs several milliseconds, a large part of a fully cached build.
-    """
-
-    __slots__ = ()
-
-    def _values(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()
-
-    __hash__ = None
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__name__}({fields})"
-
-
-class Heredoc(_Record):
+class Heredoc(Record):
     """A here-document that follows a RUN, COPY or ADD line.
 
     content is the body with a newline after each line. For `<<-` (strip_tabs) the leading tabs
@@ -86,7 +64,7 @@ class Heredoc(_Record):
         self.expand = expand
 
 
-class Instruction(_Record):
+class Instruction(Record):
     """One Dockerfile instruction, with its text as written and its parts.
 
     arguments is the raw text after the flags, with continuation lines joined and comment lines
@@ -114,7 +92,7 @@ class Instruction(_Record):
         self.escape = escape
 
 
-class Stage(_Record):
+class Stage(Record):
     """A build stage: its FROM line and the instructions after it."""
 
     __slots__ = ("index", "name", "base", "platform", "instructions", "line")
@@ -129,7 +107,7 @@ class Stage(_Record):
         self.line = line
 
 
-class Dockerfile(_Record):
+class Dockerfile(Record):
     """A parsed Dockerfile: parser directives, ARGs before the first FROM, and the stages."""
 
     __slots__ = ("directives", "global_args", "stages", "filename")

@@ -33,6 +33,7 @@ from kakoi.errors import (
 )
 from kakoi.image import digest as digests
 from kakoi.image import reference
+from kakoi.records import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,30 +52,7 @@ _STORE_ENTRIES = {"blobs", "layers", "tmp", "images.json", "images.lock"}
 _CONTAINERS_LOCK = os.path.join("containers", ".lock")
 
 
-class _Record:
-    """Mutable record with equality and a repr over `__slots__`, in place of a dataclass.
-
-    Importing dataclasses costs about 5 ms, which `kakoi run` would pay to read the index.
-    """
-
-    __slots__ = ()
-
-    def _values(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()
-
-    __hash__ = None
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__name__}({fields})"
-
-
-class LayerRecord(_Record):
+class LayerRecord(Record):
     """One layer blob of an image.
 
     `chain_id` is stored at load time so that `kakoi run` finds the layer directories
@@ -99,7 +77,7 @@ class LayerRecord(_Record):
         return data
 
 
-class ImageRecord(_Record):
+class ImageRecord(Record):
     """One image in the store; `id` is the config digest, as in Docker."""
 
     __slots__ = ("id", "names", "manifest_digest", "manifest_media_type", "config_media_type",
@@ -149,7 +127,7 @@ class ImageRecord(_Record):
         return cls(layers=layers, **data)
 
 
-class LoadedImage(_Record):
+class LoadedImage(Record):
     """An image that one load stored, with the names that the archive gave it."""
 
     __slots__ = ("id", "names")

@@ -18,7 +18,8 @@ from .writers import (
     ignore_kernel_memory,
     limited_pids,
     memory_extras_needed,
-    pids_max,
+    write_cpuset,
+    write_pids,
 )
 
 MEMORY_FIELDS = ("memory_limit", "memory_swap", "memory_reservation", "memory_kernel",
@@ -126,19 +127,6 @@ def _cpu(directory: str, resources: Resources) -> None:
         files.write(os.path.join(directory, "cpu.idle"), str(resources.cpu_idle))
 
 
-def _cpuset(directory: str, resources: Resources) -> None:
-    if resources.cpuset_cpus is not None:
-        files.write(os.path.join(directory, "cpuset.cpus"), resources.cpuset_cpus)
-
-    if resources.cpuset_mems is not None:
-        files.write(os.path.join(directory, "cpuset.mems"), resources.cpuset_mems)
-
-
-def _pids(directory: str, resources: Resources) -> None:
-    if resources.pids_limit is not None:
-        files.write(os.path.join(directory, "pids.max"), pids_max(resources.pids_limit))
-
-
 def _blkio(directory: str, resources: Resources) -> None:
     # With the BFQ scheduler and no CFQ, the kernel offers only blkio.bfq.weight. runc
     # picks the file the same way, by whether blkio.weight exists.
@@ -216,8 +204,8 @@ def _unified(directory: str, resources: Resources) -> None:
 WRITERS = (
     Writer("memory", MEMORY_FIELDS, _memory, _memory_needs),
     Writer("cpu", CPU_FIELDS, _cpu),
-    Writer("cpuset", ("cpuset_cpus", "cpuset_mems"), _cpuset),
-    Writer("pids", ("pids_limit",), _pids, limited_pids),
+    Writer("cpuset", ("cpuset_cpus", "cpuset_mems"), write_cpuset),
+    Writer("pids", ("pids_limit",), write_pids, limited_pids),
     Writer("blkio", BLKIO_FIELDS, _blkio, _blkio_needs),
     Writer("hugetlb", ("hugepage_limits",), _hugetlb, _hugetlb_needs),
     Writer("devices", ("devices",), _devices),

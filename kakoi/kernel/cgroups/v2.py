@@ -13,8 +13,9 @@ from .writers import (
     ignore_kernel_memory,
     limited_pids,
     memory_extras_needed,
-    pids_max,
     reject_set,
+    write_cpuset,
+    write_pids,
 )
 
 # Controllers that kakoi enables below its own parent when the parent offers them.
@@ -126,19 +127,6 @@ def _cpu_check(resources: Resources) -> None:
     reject_set(resources, ("cpu_realtime_runtime", "cpu_realtime_period"), "v2")
 
 
-def _cpuset(directory: str, resources: Resources) -> None:
-    if resources.cpuset_cpus is not None:
-        files.write(os.path.join(directory, "cpuset.cpus"), resources.cpuset_cpus)
-
-    if resources.cpuset_mems is not None:
-        files.write(os.path.join(directory, "cpuset.mems"), resources.cpuset_mems)
-
-
-def _pids(directory: str, resources: Resources) -> None:
-    if resources.pids_limit is not None:
-        files.write(os.path.join(directory, "pids.max"), pids_max(resources.pids_limit))
-
-
 def _io(directory: str, resources: Resources) -> None:
     # With the BFQ scheduler the kernel offers io.bfq.weight, which takes the v1 range
     # and per-device lines; otherwise io.weight takes the converted value, as in runc.
@@ -220,8 +208,8 @@ def unified_controllers(resources: Resources) -> dict[str, str]:
 WRITERS = (
     Writer("memory", MEMORY_FIELDS, _memory, _memory_needs, _memory_check),
     Writer("cpu", CPU_FIELDS, _cpu, check=_cpu_check),
-    Writer("cpuset", ("cpuset_cpus", "cpuset_mems"), _cpuset),
-    Writer("pids", ("pids_limit",), _pids, limited_pids),
+    Writer("cpuset", ("cpuset_cpus", "cpuset_mems"), write_cpuset),
+    Writer("pids", ("pids_limit",), write_pids, limited_pids),
     Writer("io", IO_FIELDS, _io, _io_needs, _io_check),
     Writer("hugetlb", ("hugepage_limits",), _hugetlb, _hugetlb_needs),
     # Device rules need no controller on v2: an eBPF program attached to the cgroup

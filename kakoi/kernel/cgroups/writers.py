@@ -1,10 +1,13 @@
-"""The table shape shared by the v1 and v2 limit writers."""
+"""The table shape shared by the v1 and v2 limit writers, and the writers both use."""
 
 from __future__ import annotations
+
+import os
 
 from kakoi import log
 from kakoi.errors import CgroupError
 
+from . import files
 from .resources import Resources
 
 TYPE_CHECKING = False
@@ -99,3 +102,18 @@ def memory_extras_needed(resources: Resources, fields: tuple[str, ...]) -> list[
             continue
         needed.append(name)
     return needed
+
+
+def write_cpuset(directory: str, resources: Resources) -> None:
+    """Write cpuset.cpus and cpuset.mems, which have the same names and format on v1 and v2."""
+    if resources.cpuset_cpus is not None:
+        files.write(os.path.join(directory, "cpuset.cpus"), resources.cpuset_cpus)
+
+    if resources.cpuset_mems is not None:
+        files.write(os.path.join(directory, "cpuset.mems"), resources.cpuset_mems)
+
+
+def write_pids(directory: str, resources: Resources) -> None:
+    """Write pids.max, the same file on v1 and v2."""
+    if resources.pids_limit is not None:
+        files.write(os.path.join(directory, "pids.max"), pids_max(resources.pids_limit))
