@@ -86,6 +86,7 @@ def _run(args) -> int:
 
 
 def _ps(args) -> int:
+    from kakoi.cli.images import humanize_created
     from kakoi.engine import containers
 
     rows = containers.list_containers(args.root, include_exited=args.all)
@@ -93,13 +94,13 @@ def _ps(args) -> int:
         for row in rows:
             print(row["Id"] if args.no_trunc else row["Id"][:12])
         return 0
-    print(f"{'CONTAINER ID':<14}{'IMAGE':<22}{'COMMAND':<24}{'CREATED':<22}{'STATUS':<18}NAMES")
+    print(f"{'CONTAINER ID':<14}{'IMAGE':<22}{'COMMAND':<24}{'CREATED':<25}{'STATUS':<18}NAMES")
     for row in rows:
         command = " ".join(row.get("Command", []))
         if len(command) > 20:
             command = command[:19] + "…"
         print(f"{row['Id'][:12]:<14}{row['ImageName'][:20]:<22}{json_quote(command):<24}"
-              f"{row['Created']:<22}{row['StatusText']:<18}{row['Name']}")
+              f"{humanize_created(row['Created']):<25}{row['StatusText']:<18}{row['Name']}")
     return 0
 
 
