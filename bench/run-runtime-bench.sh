@@ -15,7 +15,7 @@
 #   run      prepare: delete --force (nothing to delete after a clean run)
 #   create   prepare: delete --force of the previous run's container
 #   start    prepare: delete --force, then create
-#   delete   prepare: delete --force, then run -d, then wait until `state` says stopped
+#   delete   prepare: delete --force, then run -d, then wait until `state` reports stopped
 # Everything the script creates (image, bundles, state roots, the cgroups named
 # kakoi-test-bench-rt-*) is removed on exit.
 set -eu

@@ -3,7 +3,7 @@
 argparse spends about half a millisecond on each subparser and its help strings, which
 adds up to 10 ms over a command line of many commands: a large share of a container
 start. The command modules keep their `register(subparsers)` functions; OneCommand
-stands in for the subparsers action and keeps only the parser of the named command.
+replaces the subparsers action and keeps only the parser of the named command.
 """
 
 import argparse

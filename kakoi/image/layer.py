@@ -175,7 +175,8 @@ class StreamExtractor:
             return
         except BaseException as error:
             self._error = error
-            # Keep taking chunks, so that the producer never blocks on a full queue.
+            # Keep consuming chunks: a producer already waiting on the full queue is
+            # released, and feed() queues nothing more once _error is set.
             try:
                 self._reader.drain()
             except _Aborted:

@@ -34,7 +34,7 @@ MAX_CONFIG_SIZE = 16 << 20
 
 
 class PullResult:
-    """What a pull stored: the image id, the digest that the reference resolved to, and news."""
+    """Outcome of a pull: image id, resolved digest, and whether the store changed."""
 
     def __init__(self, image_id: str, digest: str, name: str, updated: bool):
         self.image_id = image_id

@@ -24,17 +24,16 @@ from kakoi.registry.errors import RegistryError
 
 # Blobs larger than this go up in PATCH chunks of this size, each held in memory once.
 CHUNK_SIZE = 8 << 20
-# Blobs up to this size are offered in the POST that opens the session; a registry that
-# ignores the body answers 202 and the blob follows in the PUT.
+# Blobs up to this size are offered in the POST that opens the session. A registry that
+# ignores the body replies 202, and the blob follows in the PUT.
 SINGLE_POST_LIMIT = 64 << 10
 PARALLEL_UPLOADS = 3
 MAX_MOUNT_SOURCES = 3
 _OCTETS = "application/octet-stream"
-_READ = 1 << 20
 
 
 class PushResult:
-    """What a push sent: the tag, the manifest digest and size, and each blob's outcome."""
+    """Outcome of a push: the tag, the manifest digest and size, and each blob's result."""
 
     def __init__(self, tag: str, digest: str, size: int, blobs: dict[str, str],
                  chunks: dict[str, int]):

@@ -1,7 +1,7 @@
 """The container's init sequence: what the forked child does from fork to exec.
 
 Runs as PID 1 of the container's new pid namespace, in a forked copy of the runtime.
-Every step is ordered; the comment at each says why it sits where it does. Any
+Every step is ordered, and the comment at each step gives the reason for its place. Any
 failure is sent to the parent as an error message, and the child exits without
 running the parent's clean-up code (os._exit).
 """
@@ -31,7 +31,7 @@ _IFF_UP = 0x1
 
 
 class InitContext:
-    """What the parent hands to the child besides the spec."""
+    """Settings that the parent passes to the init child besides the spec."""
 
     def __init__(self, spec: dict, rootfs: str, sock: socket.socket, *,
                  rootfs_mounts: list[dict], stdio: tuple[int, int, int] | None,
@@ -123,8 +123,8 @@ def _run(context: InitContext) -> None:
 
     # This process joins its v1 cgroups itself, the cheap way (see add_process). The
     # parent moves it into the v2 one while it builds the filesystem, because that move
-    # can wait for an RCU grace period (7-15 ms here); only the cgroup namespace has to
-    # wait for it.
+    # can wait for an RCU grace period (7-15 ms here). Only the cgroup namespace has to
+    # wait for that move.
     cgroup_namespace = namespaces.pop("cgroup", False)
     if namespaces.pop("user", False) is False and context.cgroup is not None:
         context.cgroup.add_process(0, versions=(1,))  # else done before the user namespace
@@ -169,8 +169,8 @@ def _run(context: InitContext) -> None:
     if linux.get("personality"):
         libc.set_personality(linux["personality"])
     # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the process may
-    # drop below; with it, the filter goes in last, so that it need not allow the
-    # calls of the steps in between (runc orders them the same way).
+    # drop below, so the filter goes in first. With no_new_privs it goes in last, so that
+    # it need not allow the calls of the steps in between. runc orders them the same way.
     if context.seccomp is not None and not process.get("noNewPrivileges"):
         context.seccomp.load()
     _finalize_process(process)
@@ -194,7 +194,7 @@ def _wait_for_start(context: InitContext) -> None:
 
     With an exec fifo (create, then start from another process), opening the fifo for
     writing blocks until start opens it for reading, as runc's exec.fifo does. The
-    written end stays open until exec closes it, so that start sees end of file once
+    written end stays open until exec closes it, so that start reads end of file once
     the program runs, and runs poststart hooks only then.
     """
     if context.exec_fifo_fd is None:
@@ -251,8 +251,8 @@ def _become_init_under_user_namespace(context: InitContext) -> None:
 
     A pid namespace must belong to the container's user namespace, or the container
     cannot mount its /proc, so it can only be made after that user namespace. This
-    process makes both, forks init as PID 1, tells the parent init's pid, and exits;
-    the parent, a child subreaper, inherits init. Only init returns from here.
+    process makes both, forks init as PID 1, sends init's pid to the parent, and exits.
+    The parent, a child subreaper, inherits init. Only init returns from here.
     """
     namespaces = oci.namespaces(context.spec)
     if context.cgroup is not None:
@@ -303,8 +303,9 @@ def _enter_user_namespace(sock: socket.socket, path: str | None) -> None:
             os.close(fd)
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
-    # Changing ids made the process non-dumpable, which hands its /proc files to the
-    # host's root; the next steps write some (timens_offsets), and init resets it later.
+    # Changing ids made the process non-dumpable, which gives its /proc files to the
+    # host's root. The next steps write one of them (timens_offsets), and init resets
+    # the flag later.
     libc.prctl(libc.PR_SET_DUMPABLE, 1)
 
 
@@ -386,7 +387,7 @@ def _attach_console(sock: socket.socket, process: dict) -> None:
     """Open a pty, send its master to the parent, and make the slave our terminal.
 
     The pty comes from the container's own /dev/pts (a new devpts instance), as runc
-    does, so the program sees its terminal as /dev/pts/0.
+    does, so the program's terminal is /dev/pts/0.
     """
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
@@ -502,7 +503,7 @@ def _exec(process: dict, executable: str, context: InitContext) -> None:
         env["HOME"] = _home_directory(os.getuid())
     # No descriptor of the runtime may reach the container (the runc CVE-2024-21626
     # kind). The sync socket stays open until exec, which closes it (close-on-exec),
-    # and that end of stream tells the parent the program started.
+    # and that end of stream signals the parent that the program started.
     first_closed = 3 + context.preserve_fds
     sync_fd = context.sock.fileno()
     if sync_fd >= first_closed:
@@ -521,7 +522,7 @@ def _exec(process: dict, executable: str, context: InitContext) -> None:
 
 
 class ExecContext:
-    """What the parent hands to a process that joins a running container."""
+    """Settings that the parent passes to a process that joins a running container."""
 
     def __init__(self, process: dict, sock: socket.socket, *, namespace_paths: dict[str, str],
                  cgroup, seccomp, preserve_fds: int, stdio: tuple[int, int, int] | None):

@@ -18,7 +18,7 @@ from kakoi.runtime import sync
 from kakoi.runtime.init import InitContext, child_main
 
 CGROUP_PARENT = "kakoi"
-# Where built seccomp programs are kept (see _compile_seccomp); root-only, like the store.
+# Directory of built seccomp programs (see _compile_seccomp), root-only like the store.
 SECCOMP_CACHE = "/var/cache/kakoi/seccomp"
 
 
@@ -258,7 +258,7 @@ def _device_rules(rule_class, entries, linux_devices):
 
 def _fork_init(namespaces: dict, time_offsets: dict | None, context: InitContext,
                parent_sock: socket.socket) -> int:
-    """Fork init into its pid and time namespaces; return its pid as the host sees it.
+    """Fork init into its pid and time namespaces; return its pid in the host's pid namespace.
 
     unshare(CLONE_NEWPID) and unshare(CLONE_NEWTIME) affect only the caller's later
     children, so the runtime makes the namespaces (or joins the given ones), forks

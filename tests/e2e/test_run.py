@@ -298,7 +298,7 @@ def test_terminal_follows_window_size(kakoi, clean_host):
     assert os.waitstatus_to_exitcode(status) == 5
 
 
-# The hands-on exercises: what a container sees of the host.
+# The hands-on exercises: what a container can observe of the host.
 
 def test_hostname_set_inside_stays_inside(kakoi, clean_host):
     host_before = os.uname().nodename
@@ -431,7 +431,7 @@ def test_kill_9_of_container_process_cleans_up(kakoi, clean_host):
     assert name not in kakoi("ps", "-a").stdout
 
 
-def test_kill_9_of_kakoi_is_cleaned_by_next_command(kakoi, clean_host):
+def test_kill_9_of_kakoi_cleaned_later(kakoi, clean_host):
     name = "orphaned-container"
     process = kakoi.popen("run", "--name", name, "busybox", "sleep", "60")
     try:

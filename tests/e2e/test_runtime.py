@@ -122,7 +122,7 @@ def assert_nothing_left(runtime: Runtime, container_id: str) -> None:
     assert container_cgroups(container_id) == []
 
 
-# What the container sees.
+# What the container observes.
 
 
 def test_identity_matches_runc(side):

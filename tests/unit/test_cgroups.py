@@ -708,7 +708,7 @@ def test_mount_view_hybrid_calls(tmp_path, monkeypatch):
     assert os.readlink(target / "cpuacct") == "cpu,cpuacct"
     assert not (target / "net_cls").exists()
     remounts = [call for call in calls if call[3] & libc.MS_REMOUNT]
-    assert len(remounts) == 8  # every hierarchy, not the tmpfs that holds them
+    assert len(remounts) == 8  # every hierarchy, not the tmpfs that contains them
     assert all(call[3] & libc.MS_BIND and call[3] & libc.MS_RDONLY for call in remounts)
     assert all(call[1] != str(target) for call in remounts)
 

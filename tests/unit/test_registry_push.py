@@ -1,6 +1,6 @@
 """Blob uploads of `kakoi push` against a scripted registry: sessions, chunks, Range, mounts.
 
-httpx.MockTransport stands in for the network, because docker-registry cannot be made to keep
+httpx.MockTransport replaces the network, because docker-registry cannot be made to keep
 only part of a chunk, answer 416, or give relative and absolute Locations on demand; the e2e
 tests push to real registries.
 """
@@ -125,7 +125,7 @@ def test_chunked_upload_follows_location(tmp_path, absolute):
     assert registry.methods() == ["HEAD", "POST"] + ["PATCH"] * 11 + ["PUT"]
 
 
-def test_chunked_upload_resends_what_the_registry_did_not_keep(tmp_path):
+def test_chunked_upload_resends_lost_bytes(tmp_path):
     registry = UploadRegistry(keep_at_most=300)
     data = bytes(range(256)) * 8
     outcome, job = upload(registry, tmp_path, data, chunk_size=1000)

@@ -99,11 +99,11 @@ def _rule_block(rule: DeviceRule) -> list[bytes]:
     if mask != _ALL_ACCESS:
         body.append(("mov", (_ALU64_MOV_X, _SCRATCH, _ACCESS)))
         if rule.allow:
-            # An allow rule matches when the request asks for nothing outside its letters.
+            # An allow rule matches when the request needs no access outside its letters.
             body.append(("and", (_ALU64_AND_K, _SCRATCH, ~mask & _ALL_ACCESS)))
             body.append(("jump", (_JMP_JNE_K, _SCRATCH, 0)))
         else:
-            # A deny rule matches when the request asks for any of its letters.
+            # A deny rule matches when the request needs any of its letters.
             body.append(("and", (_ALU64_AND_K, _SCRATCH, mask)))
             body.append(("jump", (_JMP_JEQ_K, _SCRATCH, 0)))
 
