@@ -303,6 +303,22 @@ def _print_command_help(command: str, spec: _Command) -> None:
         print(f"  {', '.join(flags)}{value}")
 
 
+def launch() -> None:
+    """Run the command line, then leave without the interpreter's teardown.
+
+    Tearing down the modules costs about 2 ms, a sixth of a `start` or `delete`, and
+    kakoi-runtime leaves nothing for it to do: no thread, no atexit handler that matters,
+    and the two standard streams, flushed here.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        code = code or 1  # the reader went away; a clean exit would report the same
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
@@ -347,9 +363,10 @@ def _report(args, message: str) -> None:
     try:
         with open(args.log, "a") as file:
             if args.log_format == "json":
-                import json
+                from kakoi import jsontext
 
-                file.write(json.dumps({"level": "error", "msg": message, "time": now()}) + "\n")
+                file.write(jsontext.dumps({"level": "error", "msg": message, "time": now()})
+                           + "\n")
             else:
                 file.write(f"time=\"{now()}\" level=error msg=\"{message}\"\n")
     except OSError:
@@ -402,11 +419,10 @@ def _start(args) -> int:
 
 
 def _state(args) -> int:
-    import json
-
+    from kakoi import jsontext
     from kakoi.runtime import lifecycle
 
-    print(json.dumps(lifecycle.describe(args.root, args.id), indent=2))
+    print(jsontext.dumps(lifecycle.describe(args.root, args.id), indent=2))
     return 0
 
 
@@ -425,8 +441,7 @@ def _delete(args) -> int:
 
 
 def _list(args) -> int:
-    import json
-
+    from kakoi import jsontext
     from kakoi.runtime import lifecycle
 
     rows = lifecycle.list_all(args.root)
@@ -434,7 +449,7 @@ def _list(args) -> int:
         for row in rows:
             print(row["id"])
     elif args.format == "json":
-        print(json.dumps(rows))
+        print(jsontext.dumps(rows))
     else:
         print(f"{'ID':<20}{'PID':<10}{'STATUS':<10}{'BUNDLE':<40}{'CREATED':<32}OWNER")
         for row in rows:
@@ -655,4 +670,4 @@ _COMMANDS = {
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    launch()

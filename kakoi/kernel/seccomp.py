@@ -648,11 +648,12 @@ def compile_cached(config: dict, cache_dir: str) -> CompiledFilter:
     cheap checksum: importing hashlib would cost more (7 ms here) than the cache saves.
     """
     import binascii
-    import json
+
+    from kakoi import jsontext
 
     plan = _parse(config)
-    key = json.dumps([config, _library_identity(), os.uname().machine],
-                     sort_keys=True).encode()
+    key = jsontext.dumps([config, _library_identity(), os.uname().machine],
+                         sort_keys=True).encode()
     path = os.path.join(cache_dir, f"{binascii.crc32(key):08x}-{len(key)}.bpf")
     flags = 0
     for name in plan.flags:

@@ -1,7 +1,6 @@
 """OCI hooks: programs run at points of the container's life, with its state on stdin."""
 
-import json
-
+from kakoi import jsontext
 from kakoi.errors import ContainerError
 
 # Where each kind of hook runs: the runtime's namespaces, or the container's.
@@ -30,7 +29,7 @@ def run(spec: dict, kind: str, container_state: dict) -> None:
             raise ContainerError(f"{where}: timeout must be greater than 0")
         try:
             completed = subprocess.run(args, executable=path, env=env, timeout=timeout,
-                                       input=json.dumps(container_state).encode(),
+                                       input=jsontext.dumps(container_state).encode(),
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except subprocess.TimeoutExpired:
             raise ContainerError(f"{where} timed out after {timeout} s")

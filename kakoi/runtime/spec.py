@@ -4,9 +4,9 @@ The spec stays a dict, as config.json has it; this module checks the parts kakoi
 acts on and converts the ones that need typed values.
 """
 
-import json
 import os
 
+from kakoi import jsontext
 from kakoi.errors import InvalidSpecError, NotSupportedError
 
 NAMESPACE_FLAGS = {
@@ -26,7 +26,7 @@ def load(bundle: str) -> dict:
     path = os.path.join(bundle, "config.json")
     try:
         with open(path, "rb") as file:
-            spec = json.load(file)
+            spec = jsontext.loads(file.read())
     except FileNotFoundError:
         raise InvalidSpecError(f"{path} not found: a bundle needs a config.json")
     except (ValueError, UnicodeDecodeError) as error:

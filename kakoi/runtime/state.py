@@ -1,26 +1,38 @@
 """Container state on disk for `kakoi-runtime`: one directory per container under the root.
 
-    <root>/<id>/state.json   the container as created: init pid and start time, bundle,
-                             the spec it was made from, its cgroup path
-    <root>/<id>/exec.fifo    present from create until start (see init's exec fifo)
+    <root>/<id>/state.marshal   the container as created: init pid and start time, bundle,
+                                the spec it was made from, its cgroup path
+    <root>/<id>/exec.fifo       present from create until start (see init's exec fifo)
+
+The state is written in marshal's format rather than JSON, because every command reads
+it and marshal is built into the interpreter (see kakoi.jsontext for what json costs).
+`kakoi-runtime state` prints it as the spec's JSON. Only kakoi-runtime, as root, writes
+the file, so marshal may trust its content. marshal's format can change between Python
+versions: a state written by another version is reported as unreadable, and
+`delete --force` removes it.
 
 The status is not stored: it is read from the process and the fifo each time, the
 way runc does, so that a container whose init died shows "stopped" without anyone
 having recorded it.
 """
 
-import json
+import marshal
 import os
 import time
 
 from kakoi.errors import ContainerError, InvalidArgument
 
 DEFAULT_ROOT = "/run/kakoi"
+STATE_FILE = "state.marshal"
 _ID_PUNCTUATION = frozenset("_+-.")
 
 
 class InvalidState(ContainerError):
     """An operation that the container's current status does not allow."""
+
+
+class UnreadableState(ContainerError):
+    """A state file that this kakoi-runtime cannot decode."""
 
 
 def validate_id(container_id: str) -> None:
@@ -51,22 +63,29 @@ def reserve(root: str, container_id: str) -> str:
 
 
 def write(directory: str, state: dict) -> None:
-    path = os.path.join(directory, "state.json")
+    path = os.path.join(directory, STATE_FILE)
     temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        json.dump(state, file)
+    with open(temporary, "wb") as file:
+        file.write(marshal.dumps(state))
     os.rename(temporary, path)
 
 
 def load(root: str, container_id: str) -> dict:
     directory = container_dir(root, container_id)
     try:
-        with open(os.path.join(directory, "state.json")) as file:
-            state = json.load(file)
+        with open(os.path.join(directory, STATE_FILE), "rb") as file:
+            state = marshal.loads(file.read())
     except FileNotFoundError:
         if os.path.isdir(directory):
             raise InvalidState(f"container {container_id} is still being created")
         raise ContainerError(f"container {container_id} does not exist")
+    except (EOFError, ValueError, TypeError):
+        raise UnreadableState(f"the state of container {container_id} in {directory} is "
+                             "unreadable (written by another version?): remove it with "
+                             "delete --force")
+    if not isinstance(state, dict):
+        raise UnreadableState(f"the state of container {container_id} in {directory} is "
+                             "unreadable: remove it with delete --force")
     state["_dir"] = directory
     return state
 

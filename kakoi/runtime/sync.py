@@ -19,8 +19,9 @@ the container's namespaces, what it sends is untrusted input.
 """
 
 import array
-import json
 import socket
+
+from kakoi import jsontext
 
 _MAX_MESSAGE = 65536
 
@@ -31,7 +32,7 @@ def pair() -> tuple[socket.socket, socket.socket]:
 
 
 def send(sock: socket.socket, message: dict, fd: int | None = None) -> None:
-    data = json.dumps(message).encode()
+    data = jsontext.dumps(message).encode()
     if fd is None:
         sock.sendall(data)
     else:
@@ -49,7 +50,7 @@ def receive(sock: socket.socket) -> tuple[dict | None, int | None]:
             received_fd = fds[0] if fds else None
     if not data:
         return None, received_fd
-    message = json.loads(data)
+    message = jsontext.loads(data)
     if not isinstance(message, dict):
         raise ValueError("init sent a message that is not a JSON object")
     return message, received_fd
