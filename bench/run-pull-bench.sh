@@ -1,6 +1,6 @@
 #!/bin/sh
 # Time `kakoi pull` against `skopeo copy` and `podman pull` from a loopback registry, with
-# `tar -xzf` of the image's largest layer blob as the reference, in one hyperfine call.
+# `tar -xzf` of the image's layer blobs as the reference, in one hyperfine call.
 #
 # Usage, as root after scripts/install.sh (the Debian fixture image must be built, see
 # tests/registry_fixtures.py):
@@ -97,14 +97,18 @@ fill_registry() {
         [ "$name" = debian ] && archive=$images/debian-bookworm-oci.tar
         skopeo --policy "$work/policy.json" copy --quiet --dest-tls-verify=false \
             "oci-archive:$archive" "docker://$registry/bench/$name:1"
-        # The largest layer's blob, for the tar -xzf reference.
-        digest=$(skopeo --policy "$work/policy.json" inspect --raw --tls-verify=false \
+        # Every layer blob, numbered bottom first, for the tar -xzf reference.
+        mkdir -p "$work/$name-layers"
+        number=10
+        for digest in $(skopeo --policy "$work/policy.json" inspect --raw --tls-verify=false \
             "docker://$registry/bench/$name:1" | "$repo/.venv/bin/python" -c '
 import json, sys
-print(max(json.load(sys.stdin)["layers"], key=lambda layer: layer["size"])["digest"])')
-        hex=${digest#sha256:}
-        cp "$work/registry/docker/registry/v2/blobs/sha256/$(echo "$hex" | cut -c1-2)/$hex/data" \
-            "$work/$name-layer.tar.gz"
+print("\n".join(layer["digest"] for layer in json.load(sys.stdin)["layers"]))'); do
+            hex=${digest#sha256:}
+            cp "$work/registry/docker/registry/v2/blobs/sha256/$(echo "$hex" | cut -c1-2)/$hex/data" \
+                "$work/$name-layers/$number.tar.gz"
+            number=$((number + 1))
+        done
     done
 }
 
@@ -128,8 +132,10 @@ new_results_dir() {
 }
 
 
-# Eight commands (four tools, two images), alternating tools, so that the disk's state
-# affects them alike.
+# Ten commands (five per image), alternating tools, so that the disk's state affects them
+# alike. Each pair does the same work: `kakoi pull --unpack false` and `skopeo copy` store
+# verified blobs only, while `kakoi pull` and `podman pull` also unpack every layer, as
+# `tar -xzf` of each layer blob in turn does.
 run_bench() {
     podman_options="--root $work/dest/podman --runroot $work/dest/podman-run"
     podman_options="$podman_options --storage-driver vfs"
@@ -139,12 +145,14 @@ run_bench() {
         set -- "$@" \
             --prepare "$aside" -n "kakoi pull $image" \
             "env KAKOI_ROOT=$work/dest/kakoi $kakoi pull -q $ref" \
+            --prepare "$aside" -n "kakoi pull --unpack false $image" \
+            "env KAKOI_ROOT=$work/dest/kakoi $kakoi pull -q --unpack false $ref" \
             --prepare "$aside" -n "skopeo copy $image" \
             "skopeo --policy $work/policy.json copy --quiet --src-tls-verify=false docker://$ref oci:$work/dest/oci" \
             --prepare "$aside" -n "podman pull $image" \
             "podman $podman_options pull -q --tls-verify=false $ref" \
-            --prepare "$aside" -n "tar -xzf $image layer" \
-            "tar -xzf $work/$image-layer.tar.gz -C $work/dest"
+            --prepare "$aside" -n "tar -xzf $image layers" \
+            "sh -c 'for layer in $work/$image-layers/*; do tar -xzf \$layer -C $work/dest; done'"
     done
     printf '%s\n' "hyperfine --warmup $warmup --runs $runs $*" >"$out/commands.txt"
     hyperfine --warmup "$warmup" --runs "$runs" \

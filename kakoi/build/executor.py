@@ -245,6 +245,11 @@ class Builder:
         except KakoiError as error:
             raise BuildError(f"{self.options.filename}:{stage.line}: cannot pull base image "
                              f"{base!r}: {error}") from None
+        try:
+            record = self.store.ensure_unpacked(record)
+        except KakoiError as error:
+            raise BuildError(f"{self.options.filename}:{stage.line}: cannot unpack base image "
+                             f"{base!r}: {error}") from None
         image = self.store.config(record)
         image.setdefault("history", [])
         layers = [{"digest": layer.digest, "media_type": layer.media_type, "size": layer.size,
@@ -954,6 +959,7 @@ class CopyJob:
 
                 record = resolve_image(self.builder.store, source,
                                        "always" if self.builder.options.pull else "missing")
+            record = self.builder.store.ensure_unpacked(record)
         except KakoiError as error:
             raise self.fail(f"--from={source} is neither a stage nor an image: {error}") \
                 from None

@@ -18,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="pull the image for this platform (default: the host's)")
     pull.add_argument("-q", "--quiet", action="store_true",
                       help="print only the image reference")
+    pull.add_argument("--unpack", choices=("true", "false"), default="true",
+                      help="unpack the layers now (default), or only store the verified blobs "
+                           "and unpack them when a container or build first uses the image")
     pull.set_defaults(func=pull_command)
 
     push = subparsers.add_parser("push", help="push an image to a registry")
@@ -56,7 +59,7 @@ def pull_command(args: argparse.Namespace) -> int:
     store.check_root()
     output = progress.for_output(args.quiet)
     try:
-        result = pull(store, args.image, platform, output)
+        result = pull(store, args.image, platform, output, unpack=args.unpack == "true")
     finally:
         output.close()
     if args.quiet:

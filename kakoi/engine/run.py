@@ -25,7 +25,7 @@ def run(root: str, options: RunOptions) -> int:
     from kakoi.image.store import Store
 
     store = Store(root)
-    image = resolve_image(store, options.image, options.pull)
+    image = store.ensure_unpacked(resolve_image(store, options.image, options.pull))
     image_config = store.config(image)
     layer_dirs = [str(path) for path in store.layer_dirs(image)]
 

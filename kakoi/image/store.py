@@ -367,6 +367,14 @@ class Store:
             self.discard_layer_work(work)
             raise
 
+    def _unpack_stored_layer(self, layer: LayerRecord, chain_id: str, new: _NewContent) -> None:
+        label = f"layer {layer.digest}"
+        if not os.path.exists(self._blob_file(layer.digest)):
+            raise ImageError(f"{label} is missing from the store at {self.blobs_dir}; remove "
+                             "the image and pull it again")
+        with self._uncompressed_layer(layer.digest, label) as path:
+            self._unpack_layer(path, layer.diff_id, chain_id, label, new)
+
     def new_layer_work(self) -> Path:
         """Create an empty layer dir (with its diff/) in tmp/, to unpack into and then install.
 
@@ -462,6 +470,15 @@ class Store:
         os.rename(path, trash / "layer")
         shutil.rmtree(trash)
 
+    def _image_size(self, layers: list[LayerRecord], chain_ids: list[str]) -> int:
+        """Return the unpacked size of the layers, counting a layer not yet unpacked by its blob.
+
+        NOTE: until ensure_unpacked has run, an image pulled with --unpack false shows its
+        compressed size, which is smaller than the size Docker shows for it.
+        """
+        return sum(self._layer_size(chain_id) or layer.size
+                   for layer, chain_id in zip(layers, chain_ids))
+
     def _layer_size(self, chain_id: str) -> int:
         try:
             meta = json.loads((self.layer_dir(chain_id) / "meta.json").read_text())
@@ -519,9 +536,41 @@ class Store:
         return json.loads(self.read_blob(self._record(image).id))
 
     def layer_dirs(self, image: ImageRecord | str) -> list[str]:
-        """Return the unpacked diff directories of the image as str paths, bottom layer first."""
+        """Return the unpacked diff directories of the image as str paths, bottom layer first.
+
+        The directories of an image pulled with --unpack false may not exist yet: callers that
+        mount them call ensure_unpacked first.
+        """
         record = self._record(image)
         return [os.path.join(self._layer_dir(chain_id), "diff") for chain_id in record.chain_ids]
+
+    def ensure_unpacked(self, image: ImageRecord | str) -> ImageRecord:
+        """Unpack the layers of the image that are still only blobs; return its record.
+
+        Each layer is checked against the config's diff_id as it is unpacked. The check that
+        every layer dir exists costs one stat per layer, and the store lock is taken only
+        when one is missing.
+        """
+        record = self._record(image)
+        if all(os.path.isdir(self._layer_dir(chain_id)) for chain_id in record.chain_ids):
+            return record
+        self.sweep_stale_work()
+        with self._locked():
+            images = self._read_index()
+            stored = images.get(record.id)
+            if stored is None:
+                raise _not_found(record.id)
+            new = _NewContent()
+            try:
+                for layer, chain_id in zip(stored.layers, stored.chain_ids):
+                    if not os.path.isdir(self._layer_dir(chain_id)):
+                        self._unpack_stored_layer(layer, chain_id, new)
+            except BaseException:
+                new.rollback(self)
+                raise
+            stored.size = self._image_size(stored.layers, stored.chain_ids)
+            self._write_index(images)
+        return stored
 
     def inspect(self, image: ImageRecord | str) -> dict:
         from kakoi.image.inspect import inspect_record
@@ -824,7 +873,8 @@ class Store:
                     config: bytes, config_media_type: str,
                     layers: list[tuple[str, str, int]],
                     unpacked: dict[str, UnpackedLayer] | None = None,
-                    repo_digest: str | None = None) -> tuple[ImageRecord, bool]:
+                    repo_digest: str | None = None,
+                    unpack: bool = True) -> tuple[ImageRecord, bool]:
         """Add a pulled image whose layer blobs the registry client already verified.
 
         `layers` lists (digest, media type, size) of blobs already in blobs/. `unpacked` maps
@@ -834,13 +884,15 @@ class Store:
         id and checked against the config's diff_ids, and only then are the names written.
         Returns the record and whether the store changed (a new image or manifest, or a name
         that moved). Unpacked dirs that were not installed stay for the caller to discard.
+        With unpack false, layers that are not unpacked yet are left for ensure_unpacked.
         """
         self.ensure_layout()
         with self._locked():
             new = _NewContent()
             try:
                 record = self._ingest_pulled(manifest, manifest_media_type, config,
-                                             config_media_type, layers, unpacked or {}, new)
+                                             config_media_type, layers, unpacked or {}, new,
+                                             unpack)
                 images = self._read_index()
                 existing = images.setdefault(record.id, record)
                 changed = existing is record or any(name not in existing.names
@@ -862,7 +914,8 @@ class Store:
 
     def _ingest_pulled(self, manifest: bytes, manifest_media_type: str, config: bytes,
                        config_media_type: str, layers: list[tuple[str, str, int]],
-                       unpacked: dict[str, UnpackedLayer], new: _NewContent) -> ImageRecord:
+                       unpacked: dict[str, UnpackedLayer], new: _NewContent,
+                       unpack: bool = True) -> ImageRecord:
         config_digest, _, created = self.write_blob(_bytes_stream(config),
                                                     digests.of_bytes(config), "image config")
         if created:
@@ -881,6 +934,8 @@ class Store:
             if ready is not None and ready.diff_id == diff_id:
                 if not self.layer_dir(chain_id).exists():
                     self._install_layer(ready.path, ready, chain_id, new)
+            elif not unpack:
+                pass  # ensure_unpacked unpacks it at first use
             else:
                 with self._uncompressed_layer(digest, label) as path:
                     self._unpack_layer(path, diff_id, chain_id, label, new)
@@ -893,7 +948,7 @@ class Store:
         return ImageRecord(
             id=config_digest, names=[], manifest_digest=manifest_digest,
             manifest_media_type=manifest_media_type, config_media_type=config_media_type,
-            layers=records, size=sum(self._layer_size(c) for c in chain_ids),
+            layers=records, size=self._image_size(records, chain_ids),
             created=parsed.get("created"), loaded=time.time())
 
     @contextlib.contextmanager

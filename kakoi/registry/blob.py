@@ -10,6 +10,10 @@ is unpacked while it downloads and decompressed only once. Only a download that 
 first byte and completes in one attempt feeds the sink. A resumed or retried one aborts it, so
 the layer is unpacked from the stored blob afterwards.
 
+A pull that leaves unpacking for later (`kakoi pull --unpack false`) does not decompress at
+all: it checks the compressed digest only, and the store checks the diff_id when it unpacks
+the layer at first use.
+
 The partial file is named after the digest (tmp/pull-<hex>.partial) and kept when a download
 fails or the process is killed, so the next pull asks for the rest with a Range request.
 An exclusive flock on it keeps two concurrent pulls of the same blob apart.
@@ -37,10 +41,12 @@ _MAX_OUTPUT = 8 << 20
 
 
 class LayerDecoder:
-    """The sha256 of the compressed stream and of its decompressed content."""
+    """The sha256 of the compressed stream and, unless decompress is false, of its content."""
 
-    def __init__(self, compression: str, label: str = "layer", output=None):
+    def __init__(self, compression: str, label: str = "layer", output=None,
+                 decompress: bool = True):
         self.compression = compression
+        self.decompress = decompress
         self.label = label
         # Called with each decompressed chunk, after it is hashed.
         self.output = output
@@ -62,6 +68,8 @@ class LayerDecoder:
     def feed(self, data: bytes) -> None:
         self.compressed.update(data)
         self.size += len(data)
+        if not self.decompress:
+            return
         if self.compression == "none":
             self._emit(data)
             return
@@ -98,8 +106,10 @@ class LayerDecoder:
             self._decompressor = None
             self._finished_member = True
 
-    def finish(self, label: str) -> str:
-        """Check that the compressed stream ended cleanly; return the diff_id."""
+    def finish(self, label: str) -> str | None:
+        """Check that the compressed stream ended cleanly; return the diff_id, if computed."""
+        if not self.decompress:
+            return None
         if self.compression != "none" and (self._decompressor is not None
                                            or not self._finished_member):
             raise DigestMismatchError(f"{label}: the {self.compression} stream ends early; the "
@@ -116,7 +126,9 @@ def partial_path(tmp_dir: str, digest: str) -> str:
 
 
 class BlobDownload:
-    """One layer blob to fetch into the store; `run` returns its diff_id, or None if present.
+    """One layer blob to fetch into the store; `run` returns its diff_id.
+
+    `run` returns None when the blob was already present, or when decompress is false.
 
     `sink`, when given, receives the decompressed stream: `feed(chunk)` for each chunk, and
     `abort()` when the download cannot give it the whole stream from the first byte. Closing
@@ -125,7 +137,7 @@ class BlobDownload:
 
     def __init__(self, client: RegistryClient, repository: str, digest: str, size: int,
                  compression: str, tmp_dir: str, blob_path: str, progress=None, sleep=None,
-                 sink=None):
+                 sink=None, decompress: bool = True, diff_id: str | None = None):
         self.client = client
         self.repository = repository
         self.digest = digest
@@ -137,6 +149,9 @@ class BlobDownload:
         self._sleep = sleep or client._sleep
         self.label = f"blob {digest} of {repository}"
         self.sink = sink
+        self.decompress = decompress
+        # The config's diff_id: a blob whose content does not match it stays out of blobs/.
+        self.expected_diff_id = diff_id
 
     def _report(self, method: str, *args) -> None:
         if self.progress is not None:
@@ -198,7 +213,7 @@ class BlobDownload:
 
     def _resume_state(self, fd: int) -> LayerDecoder:
         """Hash the bytes already in the partial file, so the download continues after them."""
-        decoder = LayerDecoder(self.compression, self.label)
+        decoder = LayerDecoder(self.compression, self.label, decompress=self.decompress)
         if os.fstat(fd).st_size > self.size:
             os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
@@ -208,7 +223,7 @@ class BlobDownload:
         except DigestMismatchError:
             # Damaged partial data: start again from the first byte.
             os.ftruncate(fd, 0)
-            decoder = LayerDecoder(self.compression, self.label)
+            decoder = LayerDecoder(self.compression, self.label, decompress=self.decompress)
         os.lseek(fd, 0, os.SEEK_END)
         return decoder
 
@@ -246,6 +261,10 @@ class BlobDownload:
                                       "served wrong content, check the registry and try again")
         try:
             diff_id = decoder.finish(self.label)
+            if self.expected_diff_id and diff_id and diff_id != self.expected_diff_id:
+                raise DigestMismatchError(
+                    f"{self.label} uncompresses to {diff_id}, but the config's diff_id is "
+                    f"{self.expected_diff_id}; the image is damaged, check the registry")
         except DigestMismatchError:
             os.unlink(path)
             raise

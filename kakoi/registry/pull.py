@@ -214,13 +214,16 @@ class _LayerJob:
 
 def download_layers(store, client: RegistryClient, repository: str,
                     layers: list[manifests.Descriptor], progress,
-                    chain_ids: list[str] | None = None
+                    chain_ids: list[str] | None = None, decompress: bool = True,
+                    diff_ids: list[str] | None = None
                     ) -> tuple[list[str | None], dict[str, StreamedLayer]]:
-    """Download every layer not yet in the store; return each computed diff_id (None if kept).
+    """Download every layer not yet in the store; return each computed diff_id.
 
-    With `chain_ids`, each layer whose dir the store lacks is also unpacked while it downloads.
-    The second result maps those chain ids to their StreamedLayer. The caller installs each
-    with commit_pull or discards it.
+    A diff_id is None for a blob that was already stored, and for every blob when decompress
+    is false. With `chain_ids`, each layer whose dir the store lacks is also unpacked while it
+    downloads. The second result maps those chain ids to their StreamedLayer. The caller
+    installs each with commit_pull or discards it. With `diff_ids` (the config's), a blob
+    that decompresses to another diff_id raises DigestMismatchError and is not stored.
     """
     store.ensure_layout()
     jobs: dict[str, _LayerJob] = {}
@@ -235,7 +238,8 @@ def download_layers(store, client: RegistryClient, repository: str,
         download = BlobDownload(client, repository, layer.digest, layer.size,
                                 manifests.LAYER_COMPRESSION[layer.media_type],
                                 str(store.tmp_dir), str(store.blob_path(layer.digest)),
-                                progress, sink=stream)
+                                progress, sink=stream, decompress=decompress,
+                                diff_id=diff_ids[index] if diff_ids else None)
         jobs[layer.digest] = _LayerJob(download, stream)
     pool = ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS, thread_name_prefix="kakoi-pull")
     try:
@@ -252,8 +256,14 @@ def download_layers(store, client: RegistryClient, repository: str,
 
 
 def pull(store, text: str, platform: manifests.Platform | None = None, progress=None,
-         transport=None, **options) -> PullResult:
-    """Pull the image named by `text` into `store` and return what was stored."""
+         transport=None, unpack: bool = True, **options) -> PullResult:
+    """Pull the image named by `text` into `store` and return what was stored.
+
+    With unpack false, only the blobs are stored, each checked against its digest, and the
+    layers are unpacked (and checked against the config's diff_ids) when a container or a
+    build first uses the image. That is the work of `skopeo copy`, for images that are only
+    passed on (push, save) or prepared ahead of their use.
+    """
     progress = progress or Quiet()
     ref = references.parse(text)
     store.sweep_stale_work()  # what an earlier pull left when it was killed
@@ -261,14 +271,15 @@ def pull(store, text: str, platform: manifests.Platform | None = None, progress=
     try:
         progress.line(f"{ref.tag or ref.digest}: Pulling from {ref.path}")
         resolved = resolve(clients, ref, platform)
-        return _fetch_and_commit(store, ref, resolved, platform, progress)
+        return _fetch_and_commit(store, ref, resolved, platform, progress, unpack)
     finally:
         for client in clients:
             client.close()
 
 
 def _fetch_and_commit(store, ref: references.Reference, resolved: ResolvedImage,
-                      platform: manifests.Platform | None, progress) -> PullResult:
+                      platform: manifests.Platform | None, progress,
+                      unpack: bool = True) -> PullResult:
     image = manifests.parse_manifest(resolved.manifest, resolved.media_type)
     client = resolved.client
     config_bytes = fetch_config(client, ref.path, image.config)
@@ -278,7 +289,8 @@ def _fetch_and_commit(store, ref: references.Reference, resolved: ResolvedImage,
 
     chain_ids = digests.chain_ids(diff_ids)
     computed, streamed = download_layers(store, client, ref.path, image.layers, progress,
-                                         chain_ids)
+                                         chain_ids if unpack else None, decompress=unpack,
+                                         diff_ids=diff_ids)
     try:
         unpacked = _check_layers(ref, image.layers, diff_ids, chain_ids, computed, streamed)
 
@@ -290,7 +302,8 @@ def _fetch_and_commit(store, ref: references.Reference, resolved: ResolvedImage,
             names=[name] if name else [], manifest=resolved.manifest,
             manifest_media_type=resolved.media_type, config=config_bytes,
             config_media_type=image.config.media_type or manifests.MEDIA_OCI_CONFIG,
-            layers=layers, unpacked=unpacked, repo_digest=f"{ref.name}@{resolved.digest}")
+            layers=layers, unpacked=unpacked, repo_digest=f"{ref.name}@{resolved.digest}",
+            unpack=unpack)
     finally:
         # Installed dirs are gone from tmp/; this removes the rest.
         for stream in streamed.values():

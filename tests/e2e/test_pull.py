@@ -230,6 +230,25 @@ def test_pull_then_run(plain_images, kakoi, tmp_path):
 
 @pytest.mark.root
 @pytest.mark.peer
+def test_pull_without_unpack_then_run(plain_images, puller):
+    ref = f"{plain_images.url}/layered:1"
+    pulled = puller("pull", "--unpack", "false", ref)
+    assert pulled.returncode == 0, pulled.stderr
+    assert not list((puller.root / "layers").iterdir())
+    compressed_size = json.loads(puller("inspect", ref, check=True).stdout)[0]["Size"]
+
+    run = puller("run", "--rm", "--pull", "never", ref, "sh", "-c", "find /many -type f | wc -l")
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) == 5000
+    assert len(list((puller.root / "layers").iterdir())) == 4
+    unpacked_size = json.loads(puller("inspect", ref, check=True).stdout)[0]["Size"]
+    assert unpacked_size > compressed_size
+    again = puller("run", "--rm", "--pull", "never", ref, "true")
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.root
+@pytest.mark.peer
 def test_pull_again_is_up_to_date(plain_images, puller):
     ref = f"{plain_images.url}/library/busybox"
     first = puller("pull", ref, check=True)
@@ -580,10 +599,11 @@ class FakeRegistry:
         return {"digest": digest, "size": len(data)}
 
     def image(self, layer: bytes, served_layer: bytes | None = None, extra: dict | None = None,
-              media_type: str = OCI_MANIFEST) -> None:
+              media_type: str = OCI_MANIFEST, diff_id: str | None = None) -> None:
         tar = gzip.decompress(layer)
+        diff_id = diff_id or "sha256:" + hashlib.sha256(tar).hexdigest()
         config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
-            "type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest()]}})
+            "type": "layers", "diff_ids": [diff_id]}})
         manifest = {"schemaVersion": 2, "mediaType": media_type,
                     "config": dict(self.blob(config.encode()),
                                    mediaType="application/vnd.oci.image.config.v1+json"),
@@ -621,6 +641,34 @@ def test_fake_digest_mismatch(puller):
     assert_one_line_error(result, r"blob sha256:[0-9a-f]{64} of img.*(hashes to|invalid gzip)")
     assert store_snapshot(puller.root) == {}
     assert not list((puller.root / "tmp").glob("*"))
+
+
+WRONG_DIFF_ID = "sha256:" + "ab" * 32
+
+
+def test_fake_diff_id_mismatch(puller):
+    with FakeRegistry() as fake:
+        fake.image(small_layer(), diff_id=WRONG_DIFF_ID)
+        result = puller("pull", f"{fake.url}/img:1")
+    assert_one_line_error(result, rf"uncompresses to sha256:[0-9a-f]{{64}}, but the config's "
+                                  rf"diff_id is {WRONG_DIFF_ID}")
+    assert store_snapshot(puller.root) == {}
+
+
+@pytest.mark.root
+def test_fake_diff_id_checked_at_run(puller):
+    with FakeRegistry() as fake:
+        fake.image(small_layer(), diff_id=WRONG_DIFF_ID)
+        pulled = puller("pull", "--unpack", "false", f"{fake.url}/img:1")
+    assert pulled.returncode == 0, pulled.stderr
+    before = store_snapshot(puller.root)
+
+    run = puller("run", "--rm", "--pull", "never", f"{fake.url}/img:1", "true")
+    assert_one_line_error(run, rf"hashes to sha256:[0-9a-f]{{64}}, but the config's "
+                               rf"diff_id is {WRONG_DIFF_ID}")
+    assert run.returncode == 125
+    assert store_snapshot(puller.root) == before
+    assert not list((puller.root / "layers").iterdir())
 
 
 def test_fake_truncated_blob(puller):
