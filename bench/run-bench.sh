@@ -105,8 +105,9 @@ prepare_kakoi() {
     export KAKOI_ROOT="$work/kakoi-root"
 
     # Users run kakoi with cached bytecode (pip compiles wheels, Python caches after a first run),
-    # so time it that way even where the caller sets PYTHONDONTWRITEBYTECODE. The cache goes to
-    # the work directory, not into kakoi/.
+    # so time it that way even where the caller sets PYTHONDONTWRITEBYTECODE. install.sh's
+    # launchers run python -I, which ignores both variables and reads kakoi/__pycache__ (filled
+    # by install.sh); they apply to pip's launchers, whose cache goes to the work directory.
     unset PYTHONDONTWRITEBYTECODE
     export PYTHONPYCACHEPREFIX="$work/pycache"
     "$kakoi" load -i "$work/image/busybox-docker.tar" >/dev/null
@@ -173,7 +174,7 @@ write_versions() {
         echo "cpus: $(nproc)"
         echo "kernel: $(uname -r)"
         echo "cgroups: $(cgroup_layout)"
-        echo "python: $("$python" --version 2>&1) (bytecode cache in PYTHONPYCACHEPREFIX)"
+        echo "python: $("$python" --version 2>&1) (launcher: $(head -n 1 "$(readlink -f "$kakoi")"))"
         echo "runc: $(runc --version | head -n 1)"
         echo "podman: $(podman --version) (storage driver $podman_driver)"
         echo "hyperfine: $(hyperfine --version)"

@@ -113,7 +113,7 @@ write_versions() {
         echo "commit: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$(git -C "$repo" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
         echo "cpus: $(nproc)"
         echo "kernel: $(uname -r)"
-        echo "python: $("$python" --version 2>&1) (bytecode cache in PYTHONPYCACHEPREFIX)"
+        echo "python: $("$python" --version 2>&1) (launcher: $(head -n 1 "$kakoi_runtime"))"
         echo "runc: $(runc --version | head -n 1)"
         echo "hyperfine: $(hyperfine --version)"
     } >"$out/versions.txt"
@@ -137,8 +137,9 @@ steps() {
 }
 
 run_timing() {
-    # Engines run kakoi-runtime with cached bytecode, because pip compiles a wheel. The cache
-    # goes to the work directory, and the warm-up runs fill it.
+    # Engines run kakoi-runtime with cached bytecode, because pip compiles a wheel. install.sh's
+    # launcher runs python -I, which ignores both variables and reads kakoi/__pycache__; with
+    # pip's launcher the cache goes to the work directory, and the warm-up runs fill it.
     unset PYTHONDONTWRITEBYTECODE
     export PYTHONPYCACHEPREFIX="$work/pycache"
 
