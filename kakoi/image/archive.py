@@ -389,7 +389,7 @@ def _add_docker_layer(archive, layer_dir: str, layer: ExportLayer, tmp_dir: Path
             _add_file(archive, layer_dir + "/layer.tar", layer.path)
             return
         with tempfile.TemporaryFile(dir=tmp_dir) as spool:
-            shutil.copyfileobj(open_uncompressed(stream, layer.digest), spool, 1 << 20)
+            shutil.copyfileobj(open_uncompressed(stream, f"layer {layer.digest}"), spool, 1 << 20)
             size = spool.tell()
             spool.seek(0)
             archive.addfile(_tar_info(layer_dir + "/layer.tar", size), spool)

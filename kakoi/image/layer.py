@@ -59,7 +59,10 @@ def compression_of(stream: BinaryIO) -> str:
 
 
 def open_uncompressed(stream: BinaryIO, what: str) -> BinaryIO:
-    """Wrap a seekable stream so that reads return the uncompressed tar."""
+    """Wrap a seekable stream so that reads return the uncompressed tar.
+
+    A read of damaged compressed data raises ImageError, whichever library decompresses.
+    """
     kind = compression_of(stream)
     if kind == "gzip":
         try:
@@ -68,15 +71,37 @@ def open_uncompressed(stream: BinaryIO, what: str) -> BinaryIO:
         except ImportError:
             import gzip
 
-        return gzip.GzipFile(fileobj=stream, mode="rb")
+        return _DecompressedReader(gzip.GzipFile(fileobj=stream, mode="rb"), kind, what)
     if kind == "zstd":
         try:
             import zstandard
         except ImportError:
             raise ImageError(f"zstd-compressed layer {what} needs the zstandard package; "
                              "install kakoi's dependencies") from None
-        return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+        return _DecompressedReader(reader, kind, what)
     return stream
+
+
+class _DecompressedReader:
+    """A decompressing stream whose errors become ImageError naming the layer.
+
+    Each library raises its own kinds (isal's IsalError, gzip's BadGzipFile, EOFError for a
+    cut stream, zstandard's ZstdError), so any exception of a read counts as damage.
+    """
+
+    def __init__(self, stream: BinaryIO, kind: str, what: str):
+        self._stream = stream
+        self._kind = kind
+        self._what = what
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except Exception as error:
+            raise ImageError(f"{self._what} is damaged: invalid {self._kind} data "
+                             f"({error or type(error).__name__}); remove the image and pull "
+                             "or load it again") from None
 
 
 def unpack(stream: BinaryIO, root: Path, what: str) -> UnpackResult:

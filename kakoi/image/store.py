@@ -368,12 +368,26 @@ class Store:
             raise
 
     def _unpack_stored_layer(self, layer: LayerRecord, chain_id: str, new: _NewContent) -> None:
+        """Unpack a layer from its blob, after checking the blob against its digest.
+
+        A pull with --unpack false checked the blob once. It is checked again here, because it
+        may have been damaged since. A damaged blob is removed, so that the next pull of the
+        image fetches it again.
+        """
         label = f"layer {layer.digest}"
-        if not os.path.exists(self._blob_file(layer.digest)):
-            raise ImageError(f"{label} is missing from the store at {self.blobs_dir}; remove "
-                             "the image and pull it again")
-        with self._uncompressed_layer(layer.digest, label) as path:
-            self._unpack_layer(path, layer.diff_id, chain_id, label, new)
+        path = self._blob_file(layer.digest)
+        try:
+            with open(path, "rb") as stream:
+                actual, _ = digests.of_file(stream)
+        except FileNotFoundError:
+            raise ImageError(f"{label} is missing from the store at {self.blobs_dir}; pull "
+                             "the image again") from None
+        if actual != layer.digest:
+            os.unlink(path)
+            raise DigestMismatchError(f"{label} in the store is damaged (its content hashes to "
+                                      f"{actual}) and was removed; pull the image again")
+        with self._uncompressed_layer(layer.digest, label) as uncompressed:
+            self._unpack_layer(uncompressed, layer.diff_id, chain_id, label, new)
 
     def new_layer_work(self) -> Path:
         """Create an empty layer dir (with its diff/) in tmp/, to unpack into and then install.

@@ -13,9 +13,9 @@ removed. A download that resumes a partial file leaves the unpack to the store, 
 
 from __future__ import annotations
 
-from contextlib import closing
-
+import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 from kakoi import log
 from kakoi.errors import DigestMismatchError
@@ -235,6 +235,7 @@ def download_layers(store, client: RegistryClient, repository: str,
         chain_id = chain_ids[index] if chain_ids else None
         if chain_id is not None and not store.layer_dir(chain_id).exists():
             stream = streamed[chain_id] = StreamedLayer(store, chain_id, f"layer {layer.digest}")
+            _drop_damaged_blob(store, layer.digest)
         download = BlobDownload(client, repository, layer.digest, layer.size,
                                 manifests.LAYER_COMPRESSION[layer.media_type],
                                 str(store.tmp_dir), str(store.blob_path(layer.digest)),
@@ -253,6 +254,24 @@ def download_layers(store, client: RegistryClient, repository: str,
         raise
     pool.shutdown(wait=True)
     return [results[layer.digest] for layer in layers], streamed
+
+
+def _drop_damaged_blob(store, digest: str) -> None:
+    """Remove a stored blob whose content no longer matches its digest, so it is fetched again.
+
+    Only blobs that are about to be unpacked are checked: those were last verified when they
+    were stored (by a pull with --unpack false, or by a pull whose unpack failed).
+    """
+    path = str(store.blob_path(digest))
+    try:
+        with open(path, "rb") as stream:
+            actual, _ = digests.of_file(stream)
+    except FileNotFoundError:
+        return
+    if actual != digest:
+        log.warning("stored blob %s is damaged (its content hashes to %s); fetching it again",
+                    digest, actual, name=__name__)
+        os.unlink(path)
 
 
 def pull(store, text: str, platform: manifests.Platform | None = None, progress=None,

@@ -160,12 +160,17 @@ def describe(root: str, container_id: str) -> dict:
 
 
 def list_all(root: str) -> list[dict]:
+    """Describe every container under root; the owner is root, as runc's list shows it."""
     rows = []
     for container_id in states.list_ids(root):
         try:
-            rows.append(describe(root, container_id))
+            row = describe(root, container_id)
+        except states.UnreadableState as error:
+            log.warning("%s", error, name=__name__)
+            continue
         except ContainerError:
             continue  # being created or deleted at this moment
+        rows.append({**row, "owner": "root"})
     return rows
 
 
@@ -196,9 +201,10 @@ def parse_signal(text: str) -> int:
         number = _signal.SIGRTMIN + offset if name.startswith("SIGRTMIN") else _signal.SIGRTMAX - offset
     else:
         number = getattr(_signal, name, 0) if name.isalnum() else 0
-    if isinstance(number, int) and 0 < number < _signal.NSIG:
-        return number
-    raise InvalidArgument(f"invalid signal {text!r}: use a name such as TERM or a number")
+    if (isinstance(number, int) and 0 < number < _signal.NSIG) or text == "0":
+        return number  # 0 only checks that init is alive, as kill(2) does
+    raise InvalidArgument(f"invalid signal {text!r}: use a name such as TERM or a number "
+                          f"from 0 to {_signal.NSIG - 1}")
 
 
 def kill(root: str, container_id: str, signal_number: int, all_processes: bool = False) -> None:
@@ -230,11 +236,12 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
             return
     try:
         state = states.load(root, container_id)
-    except states.UnreadableState as error:
+    except states.UnreadableState:
         if not force:
             raise
-        log.warning("%s; removing it without stopping its processes or removing its "
-                    "cgroup, which the state would name", error, name=__name__)
+        log.warning("container %s: its state is unreadable, so delete --force removes only "
+                    "%s; any process or cgroup of the container is left as it is",
+                    container_id, directory, name=__name__)
         _remove_directory(directory)
         return
     cgroup = _open_cgroup(state)

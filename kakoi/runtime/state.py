@@ -24,7 +24,9 @@ from kakoi.errors import ContainerError, InvalidArgument
 
 DEFAULT_ROOT = "/run/kakoi"
 STATE_FILE = "state.marshal"
-_ID_PUNCTUATION = frozenset("_+-.")
+_ID_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
+# The id names a directory, so it must fit in one file name.
+_ID_MAX_LENGTH = 255
 
 
 class InvalidState(ContainerError):
@@ -36,13 +38,11 @@ class UnreadableState(ContainerError):
 
 
 def validate_id(container_id: str) -> None:
-    # Letters and digits as str.isalnum (and the regex \w) define them, so an id may be
-    # non-ASCII; checked by hand because compiling a regex costs more than the check.
-    valid = bool(container_id) and all(char.isalnum() or char in _ID_PUNCTUATION
-                                       for char in container_id)
+    # runc's rule, ^[\w+-.]+$ with Go's ASCII-only \w, checked without compiling a regex.
+    valid = 0 < len(container_id) <= _ID_MAX_LENGTH and _ID_CHARACTERS.issuperset(container_id)
     if not valid or container_id in (".", ".."):
-        raise InvalidArgument(f"invalid container id {container_id!r}: use letters, digits "
-                              "and + - . _")
+        raise InvalidArgument(f"invalid container id {container_id[:80]!r}: use 1 to "
+                              f"{_ID_MAX_LENGTH} ASCII letters, digits and + - . _")
 
 
 def container_dir(root: str, container_id: str) -> str:

@@ -249,6 +249,31 @@ def test_pull_without_unpack_then_run(plain_images, puller):
 
 @pytest.mark.root
 @pytest.mark.peer
+def test_pull_without_unpack_damaged_blob(plain_images, puller):
+    ref = f"{plain_images.url}/library/busybox:latest"
+    puller("pull", "-q", "--unpack", "false", ref, check=True)
+    index = json.loads((puller.root / "images.json").read_text())
+    layer_digest = next(iter(index["images"].values()))["layers"][0]["digest"]
+    blob = puller.root / "blobs" / "sha256" / layer_digest.removeprefix("sha256:")
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+    run = puller("run", "--rm", "--pull", "never", ref, "true")
+    assert_one_line_error(run, rf"layer {layer_digest} in the store is damaged .* and was "
+                               r"removed; pull the image again")
+    assert run.returncode == 125
+    assert not blob.exists()
+    assert not list((puller.root / "layers").iterdir())
+
+    puller("pull", "-q", ref, check=True)
+    again = puller("run", "--rm", "--pull", "never", ref, "echo", "ok")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "ok\n"
+
+
+@pytest.mark.root
+@pytest.mark.peer
 def test_pull_again_is_up_to_date(plain_images, puller):
     ref = f"{plain_images.url}/library/busybox"
     first = puller("pull", ref, check=True)
@@ -600,8 +625,8 @@ class FakeRegistry:
 
     def image(self, layer: bytes, served_layer: bytes | None = None, extra: dict | None = None,
               media_type: str = OCI_MANIFEST, diff_id: str | None = None) -> None:
-        tar = gzip.decompress(layer)
-        diff_id = diff_id or "sha256:" + hashlib.sha256(tar).hexdigest()
+        if diff_id is None:
+            diff_id = "sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest()
         config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
             "type": "layers", "diff_ids": [diff_id]}})
         manifest = {"schemaVersion": 2, "mediaType": media_type,
@@ -669,6 +694,32 @@ def test_fake_diff_id_checked_at_run(puller):
     assert run.returncode == 125
     assert store_snapshot(puller.root) == before
     assert not list((puller.root / "layers").iterdir())
+
+
+def damaged_gzip_layer() -> bytes:
+    """A layer whose gzip data is damaged inside its deflate stream, as a registry may serve it."""
+    layer = bytearray(small_layer())
+    layer[len(layer) // 2] ^= 0xFF
+    return bytes(layer)
+
+
+@pytest.mark.root
+def test_fake_damaged_gzip_found_at_run(puller):
+    layer = damaged_gzip_layer()
+    with FakeRegistry() as fake:
+        fake.image(layer, diff_id=WRONG_DIFF_ID)
+        default = puller("pull", f"{fake.url}/img:1")
+        assert_one_line_error(default, r"invalid gzip data")
+        assert store_snapshot(puller.root) == {}
+        pulled = puller("pull", "--unpack", "false", f"{fake.url}/img:1")
+    assert pulled.returncode == 0, pulled.stderr
+    before = store_snapshot(puller.root)
+
+    run = puller("run", "--rm", "--pull", "never", f"{fake.url}/img:1", "true")
+    assert_one_line_error(run, r"layer sha256:[0-9a-f]{64} is damaged: invalid gzip data")
+    assert store_snapshot(puller.root) == before
+    saved = puller("save", "-o", str(puller.root.parent / "out.tar"), f"{fake.url}/img:1")
+    assert_one_line_error(saved, r"layer sha256:[0-9a-f]{64} is damaged: invalid gzip data")
 
 
 def test_fake_truncated_blob(puller):

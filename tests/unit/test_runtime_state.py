@@ -9,6 +9,11 @@ from kakoi.runtime import lifecycle
 from kakoi.runtime import state as states
 
 
+def test_state_longest_id(tmp_path):
+    directory = states.reserve(str(tmp_path), "x" * 255)
+    assert directory == str(tmp_path / ("x" * 255))
+
+
 def test_state_round_trip(tmp_path):
     directory = states.reserve(str(tmp_path), "box")
     record = {"id": "box", "pid": 1234, "spec": {"process": {"args": ["sh", "-c", "é"]}},
@@ -46,20 +51,21 @@ def test_state_unreadable_file(tmp_path, content):
     ("KILL", signal.SIGKILL), ("SIGKILL", signal.SIGKILL), ("sigterm", signal.SIGTERM),
     ("9", 9), (" 15 ", 15), ("hup", signal.SIGHUP), ("RTMIN", signal.SIGRTMIN),
     ("RTMIN+3", signal.SIGRTMIN + 3), ("SIGRTMAX-1", signal.SIGRTMAX - 1),
-    ("WINCH", signal.SIGWINCH), ("IOT", signal.SIGABRT),
+    ("WINCH", signal.SIGWINCH), ("IOT", signal.SIGABRT), ("0", 0),
 ])
 def test_parse_signal(text, number):
     assert lifecycle.parse_signal(text) == number
 
 
-@pytest.mark.parametrize("text", ["", "0", "65", "-1", "NOPE", "SIG_DFL", "SIG_IGN", "DFL",
-                                  "RTMIN+x", "KILL9", "1.5"])
+@pytest.mark.parametrize("text", ["", "00", "65", "-1", "NOPE", "SIG_DFL", "SIG_IGN", "DFL",
+                                  "RTMIN+x", "KILL9", "1.5", "TERM extra"])
 def test_parse_signal_rejects(text):
     with pytest.raises(InvalidArgument, match="invalid signal"):
         lifecycle.parse_signal(text)
 
 
-@pytest.mark.parametrize("container_id", ["", ".", "..", "a/b", "a b", "x\n"])
+@pytest.mark.parametrize("container_id", ["", ".", "..", "a/b", "a b", "x\n", "é", "a:b",
+                                          "x" * 256])
 def test_invalid_ids(tmp_path, container_id):
     with pytest.raises(InvalidArgument, match="invalid container id"):
         states.reserve(str(tmp_path), container_id)
