@@ -163,20 +163,35 @@ def _run(context: InitContext) -> None:
     executable = _find_executable(process)
 
     sync.send(context.sock, {"type": "ready"})
-    _wait_for_start(context)
-    _run_container_hooks(context, "startContainer", "created")
-
-    if linux.get("personality"):
-        libc.set_personality(linux["personality"])
-    # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the process may
-    # drop below, so the filter goes in first. With no_new_privs it goes in last, so that
-    # it need not allow the calls of the steps in between. runc orders them the same way.
-    if context.seccomp is not None and not process.get("noNewPrivileges"):
-        context.seccomp.load()
-    _finalize_process(process)
+    if context.exec_fifo_fd is not None:
+        # As runc does: the process is finished before init waits on the exec fifo, so that
+        # create reports a failure here (the parent reads until the socket closes), and
+        # start has only the exec left to wait for.
+        _prepare_process(context, linux, process)
+        context.sock.close()
+        _wait_for_fifo(context)
+        _run_container_hooks(context, "startContainer", "created")
+    else:
+        _expect(context.sock, "start")
+        _run_container_hooks(context, "startContainer", "created")
+        _prepare_process(context, linux, process)
     if context.seccomp is not None and process.get("noNewPrivileges"):
         context.seccomp.load()
     _exec(process, executable, context)
+
+
+def _prepare_process(context: InitContext, linux: dict, process: dict) -> None:
+    """Set the personality, limits, identity and capabilities of the program to exec.
+
+    Without no_new_privs, loading the seccomp filter needs CAP_SYS_ADMIN, which the process
+    may drop here, so the filter goes in first. With no_new_privs the caller loads it last,
+    so that it need not allow the calls of the steps in between. runc orders them the same.
+    """
+    if linux.get("personality"):
+        libc.set_personality(linux["personality"])
+    if context.seccomp is not None and not process.get("noNewPrivileges"):
+        context.seccomp.load()
+    _finalize_process(process)
 
 
 def hooks_module_needed(spec: dict) -> bool:
@@ -189,18 +204,13 @@ def _expect(sock: socket.socket, kind: str) -> None:
         os._exit(125)  # the parent went away or changed its mind: never run the program
 
 
-def _wait_for_start(context: InitContext) -> None:
-    """Block until the runtime's start, by the sync socket or by the exec fifo.
+def _wait_for_fifo(context: InitContext) -> None:
+    """Block until `kakoi-runtime start` opens the exec fifo for reading.
 
-    With an exec fifo (create, then start from another process), opening the fifo for
-    writing blocks until start opens it for reading, as runc's exec.fifo does. The
-    written end stays open until exec closes it, so that start reads end of file once
-    the program runs, and runs poststart hooks only then.
+    Opening the fifo for writing blocks until start opens it, as runc's exec.fifo does. The
+    written end stays open until exec closes it, so that start reads end of file once the
+    program runs, and runs poststart hooks only then.
     """
-    if context.exec_fifo_fd is None:
-        _expect(context.sock, "start")
-        return
-    context.sock.close()
     fd = os.open(f"/proc/self/fd/{context.exec_fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
     os.write(fd, b"0")
     os.close(context.exec_fifo_fd)

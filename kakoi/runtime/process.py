@@ -99,6 +99,8 @@ def create(container_id: str, spec: dict, bundle: str, *, rootfs_mounts: list[di
             cgroup.add_process(pid, versions=(2,))
         sync.send(parent_sock, {"type": "joined"})
         console_fd = _wait_ready(parent_sock, pid, spec, container_id, bundle)
+        if exec_fifo is not None:
+            _wait_prepared(parent_sock, pid)
         log.debug("container %s: init %d is ready", container_id, pid, name=__name__)
         return Container(container_id, pid, parent_sock, cgroup, console_fd)
     except BaseException:
@@ -359,6 +361,21 @@ def _wait_ready(sock: socket.socket, pid: int, spec: dict, container_id: str,
         elif message.get("type") == "error":
             _reap(pid)
             raise _error_from(message)
+
+
+def _wait_prepared(sock: socket.socket, pid: int) -> None:
+    """Wait until an init that waits on an exec fifo has finished its process and closed sync.
+
+    An error message instead means that setting limits, identity or capabilities failed.
+    """
+    message, _ = sync.receive(sock)
+    if message is None:
+        return
+    _reap(pid)
+    if message.get("type") == "error":
+        raise _error_from(message)
+    raise ContainerError(f"container init sent {message.get('type')!r} where it should have "
+                         "closed the sync socket")
 
 
 def _run_runtime_hooks(spec: dict, container_id: str, pid: int, bundle: str) -> None:

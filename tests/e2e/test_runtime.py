@@ -233,6 +233,25 @@ def test_missing_command_fails_create(side):
     assert_one_line_error(result)
 
 
+def test_impossible_rlimit_fails_create(side):
+    # More open files than fs.nr_open allows, which even root cannot set: both runtimes
+    # finish the process before create returns, so create reports it.
+    with open("/proc/sys/fs/nr_open") as file:
+        too_many = int(file.read()) + 1
+
+    def edit(config, bundle):
+        config["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": too_many,
+                                         "hard": too_many}]
+
+    for name, runtime in side.runtimes.items():
+        container_id, bundle = side.bundle(name, ["true"], edit)
+        result = runtime("create", "--bundle", str(bundle), container_id)
+        assert result.returncode == 1, (name, result.stderr)
+        assert_nothing_left(runtime, container_id)
+    assert "RLIMIT_NOFILE" in result.stderr
+    assert_one_line_error(result)
+
+
 @pytest.mark.parametrize("name_or_number, expected_code, expected_output", [
     ("TERM", 5, ["ready", "term"]),
     ("SIGTERM", 5, ["ready", "term"]),
