@@ -10,9 +10,12 @@
 #   RUNS=10        timed runs per command (hyperfine --runs)
 #   WARMUP=2       untimed warm-up runs per command (hyperfine --warmup)
 #   KAKOI          the kakoi to time (default .venv/bin/kakoi)
+#   BIG_MB=256     size of the third image's single layer of random data, in MiB
 #
-# A docker-registry runs on 127.0.0.1 with a free port and gets the debian (minbase) and
-# layered images from skopeo. Every run pulls into a fresh destination: the --prepare
+# A docker-registry runs on 127.0.0.1 with a free port and gets three images from skopeo.
+# debian is a minbase (one 48 MB layer of 6,600 files), layered has four layers (one of 5,000
+# small files), and big has one layer with one file of BIG_MB MiB of random data (gzip level
+# 0). On big the fixed start-up costs fade, so the transfer and decompression rates show. Every run pulls into a fresh destination: the --prepare
 # command moves the previous one aside (deleting many files right before a timed run slows
 # the next run's file creation on this disk). Everything is removed on exit.
 set -eu
@@ -91,12 +94,55 @@ setup_tools() {
     echo '{}' >"$REGISTRY_AUTH_FILE"
 }
 
+# An OCI layout of one gzip layer (level 0, as random data does not compress) holding one
+# file of BIG_MB MiB of random bytes.
+build_big_image() {
+    "$repo/.venv/bin/python" - "$work/big-layout" "${BIG_MB:-256}" <<'EOF'
+import hashlib, io, json, os, sys, tarfile
+from pathlib import Path
+
+from isal import igzip
+
+layout, megabytes = Path(sys.argv[1]), int(sys.argv[2])
+(layout / "blobs" / "sha256").mkdir(parents=True)
+
+
+def blob(data, media_type):
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"mediaType": media_type, "digest": "sha256:" + digest, "size": len(data)}
+
+
+payload = os.urandom(megabytes << 20)
+tar_buffer = io.BytesIO()
+with tarfile.open(fileobj=tar_buffer, mode="w") as tar:
+    info = tarfile.TarInfo("random.bin")
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))
+tar_bytes = tar_buffer.getvalue()
+config = {"architecture": "amd64", "os": "linux", "config": {},
+          "rootfs": {"type": "layers",
+                     "diff_ids": ["sha256:" + hashlib.sha256(tar_bytes).hexdigest()]}}
+manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": blob(json.dumps(config).encode(),
+                           "application/vnd.oci.image.config.v1+json"),
+            "layers": [blob(igzip.compress(tar_bytes, compresslevel=0),
+                            "application/vnd.oci.image.layer.v1.tar+gzip")]}
+descriptor = blob(json.dumps(manifest).encode(), manifest["mediaType"])
+descriptor["annotations"] = {"org.opencontainers.image.ref.name": "big"}
+(layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+(layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [descriptor]}))
+EOF
+}
+
 fill_registry() {
-    for name in debian layered; do
-        archive=$images/$name-oci.tar
-        [ "$name" = debian ] && archive=$images/debian-bookworm-oci.tar
+    build_big_image
+    for name in debian layered big; do
+        source=oci-archive:$images/$name-oci.tar
+        [ "$name" = debian ] && source=oci-archive:$images/debian-bookworm-oci.tar
+        [ "$name" = big ] && source=oci:$work/big-layout:big
         skopeo --policy "$work/policy.json" copy --quiet --dest-tls-verify=false \
-            "oci-archive:$archive" "docker://$registry/bench/$name:1"
+            "$source" "docker://$registry/bench/$name:1"
         # Every layer blob, numbered bottom first, for the tar -xzf reference.
         mkdir -p "$work/$name-layers"
         number=10
@@ -132,7 +178,7 @@ new_results_dir() {
 }
 
 
-# Ten commands (five per image), alternating tools, so that the disk's state affects them
+# Fifteen commands (five per image), alternating tools, so that the disk's state affects them
 # alike. Each pair does the same work: `kakoi pull --unpack false` and `skopeo copy` store
 # verified blobs only, while `kakoi pull` and `podman pull` also unpack every layer, as
 # `tar -xzf` of each layer blob in turn does.
@@ -140,7 +186,7 @@ run_bench() {
     podman_options="--root $work/dest/podman --runroot $work/dest/podman-run"
     podman_options="$podman_options --storage-driver vfs"
     set --
-    for image in debian layered; do
+    for image in debian layered big; do
         ref=$registry/bench/$image:1
         set -- "$@" \
             --prepare "$aside" -n "kakoi pull $image" \

@@ -336,7 +336,7 @@ class Store:
                 return stream.read()
         except FileNotFoundError:
             raise ImageError(f"blob {digest} is missing from {self._blobs}; "
-                             "remove the image and load it again") from None
+                             "remove the image and pull or load it again") from None
 
     # Layers
 
@@ -846,7 +846,7 @@ class Store:
                 raise
             if error.filename not in (None, temp, os.fspath(out)):
                 raise ImageError(f"cannot read {error.filename}: {error.strerror}; remove the "
-                                 "image and load it again") from None
+                                 "image and pull or load it again") from None
             raise _write_error(out, error) from None
 
     def _save_to_stream(self, out: str | Path | BinaryIO, exports: list[archives.ExportImage],
