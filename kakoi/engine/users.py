@@ -3,6 +3,7 @@
 import os
 
 from kakoi.errors import InvalidArgument
+from kakoi.runtime.spec import MAX_ID
 
 
 class User:
@@ -63,6 +64,9 @@ def resolve(text: str, layer_dirs: list[str]) -> User:
                                   "the image's /etc/group")
     additional = sorted({int(group[2]) for group in groups
                          if name and name in group[3].split(",") and int(group[2]) != gid})
+    for value in (uid, gid, *additional):
+        if value > MAX_ID:
+            raise InvalidArgument(f"invalid user {text!r}: ids must be from 0 to {MAX_ID}")
     return User(uid, gid, additional, home if uid != 0 or home != "/" else "/root")
 
 

@@ -235,7 +235,7 @@ def download_layers(store, client: RegistryClient, repository: str,
         chain_id = chain_ids[index] if chain_ids else None
         if chain_id is not None and not store.layer_dir(chain_id).exists():
             stream = streamed[chain_id] = StreamedLayer(store, chain_id, f"layer {layer.digest}")
-            _drop_damaged_blob(store, layer.digest)
+        _drop_damaged_blob(store, layer.digest)
         download = BlobDownload(client, repository, layer.digest, layer.size,
                                 manifests.LAYER_COMPRESSION[layer.media_type],
                                 str(store.tmp_dir), str(store.blob_path(layer.digest)),
@@ -259,8 +259,9 @@ def download_layers(store, client: RegistryClient, repository: str,
 def _drop_damaged_blob(store, digest: str) -> None:
     """Remove a stored blob whose content no longer matches its digest, so it is fetched again.
 
-    Only blobs that are about to be unpacked are checked: those were last verified when they
-    were stored (by a pull with --unpack false, or by a pull whose unpack failed).
+    A default pull of an image that is already stored reads each blob anyway, because the
+    store checks it against the config's diff_id. Hashing it first costs less than that
+    check, and lets the pull fetch a damaged blob again instead of failing on it.
     """
     path = str(store.blob_path(digest))
     try:

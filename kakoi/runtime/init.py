@@ -159,19 +159,19 @@ def _run(context: InitContext) -> None:
         for target, source in enumerate(context.stdio):
             if source != target:
                 os.dup2(source, target)
-    # Find the program now, so that create fails when it is missing, as runc's does.
-    executable = _find_executable(process)
-
     sync.send(context.sock, {"type": "ready"})
     if context.exec_fifo_fd is not None:
-        # As runc does: the process is finished before init waits on the exec fifo, so that
-        # create reports a failure here (the parent reads until the socket closes), and
-        # start has only the exec left to wait for.
+        # As runc does: the process is finished and its program found, as its own user,
+        # before init waits on the exec fifo. So create reports a failure here (the parent
+        # reads until the socket closes), and start has only the exec left to wait for.
         _prepare_process(context, linux, process)
+        executable = _find_executable(process)
         context.sock.close()
         _wait_for_fifo(context)
         _run_container_hooks(context, "startContainer", "created")
     else:
+        # Found before start, so that a missing program fails before the caller starts it.
+        executable = _find_executable(process)
         _expect(context.sock, "start")
         _run_container_hooks(context, "startContainer", "created")
         _prepare_process(context, linux, process)
@@ -446,6 +446,10 @@ def _finalize_process(process: dict) -> None:
 
     user = process.get("user", {})
     uid, gid = user.get("uid", 0), user.get("gid", 0)
+    # Checked here too, for callers that build the spec without oci.validate: -1 would
+    # keep the process's ids, that is root.
+    for value in (uid, gid, *user.get("additionalGids", [])):
+        oci.check_id(value, "process.user id")
     libc.prctl(libc.PR_SET_KEEPCAPS, 1)
     os.setgroups(user.get("additionalGids", []))
     os.setresgid(gid, gid, gid)

@@ -75,9 +75,7 @@ def _validate_process(process) -> None:
     cwd = process.get("cwd", "/")
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         raise InvalidSpecError(f"process.cwd {cwd!r} must be an absolute path")
-    user = process.get("user", {})
-    if not isinstance(user.get("uid", 0), int) or not isinstance(user.get("gid", 0), int):
-        raise InvalidSpecError("process.user.uid and gid must be integers")
+    _validate_user(process.get("user", {}))
     for entry in process.get("env", []):
         if not isinstance(entry, str) or "=" not in entry:
             raise InvalidSpecError(f"process.env entry {entry!r} is not of the form KEY=VALUE")
@@ -91,6 +89,32 @@ def _validate_process(process) -> None:
         seen.add(name)
         if rlimit.get("soft", 0) > rlimit.get("hard", 0):
             raise InvalidSpecError(f"rlimit {name}: soft limit exceeds hard limit")
+
+
+# setresuid(2) and its kin read -1 as "leave unchanged", so an id outside this range could
+# leave the process running as root. runc takes the same range.
+MAX_ID = 2**31 - 1
+
+
+def _validate_user(user) -> None:
+    if not isinstance(user, dict):
+        raise InvalidSpecError("process.user must be an object")
+    for field in ("uid", "gid"):
+        check_id(user.get(field, 0), f"process.user.{field}")
+    gids = user.get("additionalGids") or []
+    if not isinstance(gids, list):
+        raise InvalidSpecError("process.user.additionalGids must be a list of integers")
+    for gid in gids:
+        check_id(gid, "process.user.additionalGids")
+    umask = user.get("umask", 0)
+    if isinstance(umask, bool) or not isinstance(umask, int) or not 0 <= umask <= 0o7777:
+        raise InvalidSpecError(f"invalid process.user.umask {umask!r}: use 0 to 4095 (0o7777)")
+
+
+def check_id(value, field: str) -> None:
+    """Raise InvalidSpecError unless value is a uid or gid in 0..2147483647."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise InvalidSpecError(f"invalid {field} {value!r}: use an integer from 0 to {MAX_ID}")
 
 
 def _validate_mounts(mounts) -> None:

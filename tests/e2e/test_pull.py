@@ -274,6 +274,24 @@ def test_pull_without_unpack_damaged_blob(plain_images, puller):
 
 @pytest.mark.root
 @pytest.mark.peer
+def test_pull_repairs_damaged_blob_of_unpacked_layer(plain_images, puller):
+    ref = f"{plain_images.url}/library/busybox:latest"
+    puller("pull", "-q", ref, check=True)
+    index = json.loads((puller.root / "images.json").read_text())
+    layer_digest = next(iter(index["images"].values()))["layers"][0]["digest"]
+    blob = puller.root / "blobs" / "sha256" / layer_digest.removeprefix("sha256:")
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+    again = puller("pull", ref)
+    assert again.returncode == 0, again.stderr
+    assert "is damaged" in again.stderr
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == layer_digest.removeprefix("sha256:")
+
+
+@pytest.mark.root
+@pytest.mark.peer
 def test_pull_again_is_up_to_date(plain_images, puller):
     ref = f"{plain_images.url}/library/busybox"
     first = puller("pull", ref, check=True)

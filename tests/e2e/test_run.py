@@ -89,6 +89,13 @@ def test_unknown_user_is_rejected(kakoi, clean_host):
     assert "nosuchuser" in result.stderr
 
 
+@pytest.mark.parametrize("user", ["4294967295", "2147483648", "1000:4294967295"])
+def test_out_of_range_user_is_rejected(kakoi, clean_host, user):
+    result = kakoi("run", "--rm", "-u", user, "busybox", "id")
+    assert result.returncode == 125, result.stdout
+    assert result.stderr.strip().splitlines()[-1].endswith("ids must be from 0 to 2147483647")
+
+
 def test_read_only_root_with_tmpfs(kakoi, clean_host):
     result = kakoi("run", "--rm", "--read-only", "--tmpfs", "/scratch", "busybox", "sh", "-c",
                    "touch /x 2>/dev/null && echo root-writable; touch /scratch/y && echo ok")

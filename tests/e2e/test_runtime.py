@@ -252,6 +252,39 @@ def test_impossible_rlimit_fails_create(side):
     assert_one_line_error(result)
 
 
+@pytest.mark.parametrize("user", [{"uid": -1, "gid": 0}, {"uid": 4294967295, "gid": 0},
+                                  {"uid": 1000, "gid": -1},
+                                  {"uid": 1000, "gid": 1000, "additionalGids": [-1]}])
+def test_out_of_range_user_fails_create(side, user):
+    # setresuid(2) reads -1 as "unchanged": accepting it would run the program as root.
+    def edit(config, bundle):
+        config["process"]["user"] = user
+
+    for name, runtime in side.runtimes.items():
+        container_id, bundle = side.bundle(name, ["id"], edit)
+        result = runtime("create", "--bundle", str(bundle), container_id)
+        assert result.returncode == 1, (name, result.stdout, result.stderr)
+        assert_nothing_left(runtime, container_id)
+    assert "from 0 to 2147483647" in result.stderr
+    assert_one_line_error(result)
+
+
+def test_program_the_user_cannot_run_fails_create(side):
+    def edit(config, bundle):
+        secret = bundle / "rootfs" / "secret"
+        secret.write_text("#!/bin/sh\necho secret\n")
+        secret.chmod(0o700)
+        config["process"]["user"] = {"uid": 1000, "gid": 1000}
+
+    for name, runtime in side.runtimes.items():
+        container_id, bundle = side.bundle(name, ["/secret"], edit)
+        result = runtime("create", "--bundle", str(bundle), container_id)
+        assert result.returncode == 1, (name, result.stderr)
+        assert "permission denied" in result.stderr, name
+        assert_nothing_left(runtime, container_id)
+    assert_one_line_error(result)
+
+
 @pytest.mark.parametrize("name_or_number, expected_code, expected_output", [
     ("TERM", 5, ["ready", "term"]),
     ("SIGTERM", 5, ["ready", "term"]),
