@@ -106,8 +106,8 @@ prepare_kakoi() {
 
     # Users run kakoi with cached bytecode (pip compiles wheels, Python caches after a first run),
     # so time it that way even where the caller sets PYTHONDONTWRITEBYTECODE. install.sh's
-    # launchers run python -I, which ignores both variables and reads kakoi/__pycache__ (filled
-    # by install.sh); they apply to pip's launchers, whose cache goes to the work directory.
+    # launchers run python -I, which ignores both variables and reads kakoi/__pycache__. The
+    # variables matter only for pip's launchers, whose cache then goes to the work directory.
     unset PYTHONDONTWRITEBYTECODE
     export PYTHONPYCACHEPREFIX="$work/pycache"
     "$kakoi" load -i "$work/image/busybox-docker.tar" >/dev/null

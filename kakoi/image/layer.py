@@ -90,16 +90,16 @@ class _DecompressedReader:
     cut stream, zstandard's ZstdError), so any exception of a read counts as damage.
     """
 
-    def __init__(self, stream: BinaryIO, kind: str, what: str):
+    def __init__(self, stream: BinaryIO, kind: str, label: str):
         self._stream = stream
         self._kind = kind
-        self._what = what
+        self._label = label
 
     def read(self, size: int = -1) -> bytes:
         try:
             return self._stream.read(size)
         except Exception as error:
-            raise ImageError(f"{self._what} is damaged: invalid {self._kind} data "
+            raise ImageError(f"{self._label} is damaged: invalid {self._kind} data "
                              f"({error or type(error).__name__}); remove the image and pull "
                              "or load it again") from None
 

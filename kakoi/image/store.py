@@ -375,19 +375,31 @@ class Store:
         image fetches it again.
         """
         label = f"layer {layer.digest}"
-        path = self._blob_file(layer.digest)
-        try:
-            with open(path, "rb") as stream:
-                actual, _ = digests.of_file(stream)
-        except FileNotFoundError:
+        if not os.path.exists(self._blob_file(layer.digest)):
             raise ImageError(f"{label} is missing from the store at {self.blobs_dir}; pull "
-                             "the image again") from None
-        if actual != layer.digest:
-            os.unlink(path)
+                             "the image again")
+        actual = self.remove_damaged_blob(layer.digest)
+        if actual is not None:
             raise DigestMismatchError(f"{label} in the store is damaged (its content hashes to "
                                       f"{actual}) and was removed; pull the image again")
         with self._uncompressed_layer(layer.digest, label) as uncompressed:
             self._unpack_layer(uncompressed, layer.diff_id, chain_id, label, new)
+
+    def remove_damaged_blob(self, digest: str) -> str | None:
+        """Hash a stored blob and remove it if its content no longer matches its digest.
+
+        Returns the digest of the removed content, or None when the blob is intact or absent.
+        """
+        path = self._blob_file(digest)
+        try:
+            with open(path, "rb") as stream:
+                actual, _ = digests.of_file(stream)
+        except FileNotFoundError:
+            return None
+        if actual == digest:
+            return None
+        os.unlink(path)
+        return actual
 
     def new_layer_work(self) -> Path:
         """Create an empty layer dir (with its diff/) in tmp/, to unpack into and then install.

@@ -13,7 +13,6 @@ removed. A download that resumes a partial file leaves the unpack to the store, 
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
@@ -263,16 +262,10 @@ def _drop_damaged_blob(store, digest: str) -> None:
     store checks it against the config's diff_id. Hashing it first costs less than that
     check, and lets the pull fetch a damaged blob again instead of failing on it.
     """
-    path = str(store.blob_path(digest))
-    try:
-        with open(path, "rb") as stream:
-            actual, _ = digests.of_file(stream)
-    except FileNotFoundError:
-        return
-    if actual != digest:
+    actual = store.remove_damaged_blob(digest)
+    if actual is not None:
         log.warning("stored blob %s is damaged (its content hashes to %s); fetching it again",
                     digest, actual, name=__name__)
-        os.unlink(path)
 
 
 def pull(store, text: str, platform: manifests.Platform | None = None, progress=None,

@@ -76,6 +76,17 @@ def store_snapshot(root: Path) -> dict[str, bytes]:
     return snapshot
 
 
+def damage_layer_blob(root: Path) -> tuple[Path, str]:
+    """Flip a byte in the middle of the first layer blob of the only image in the store."""
+    index = json.loads((root / "images.json").read_text())
+    layer_digest = next(iter(index["images"].values()))["layers"][0]["digest"]
+    blob = root / "blobs" / "sha256" / layer_digest.removeprefix("sha256:")
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    return blob, layer_digest
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
     assert result.returncode == 125, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -252,12 +263,7 @@ def test_pull_without_unpack_then_run(plain_images, puller):
 def test_pull_without_unpack_damaged_blob(plain_images, puller):
     ref = f"{plain_images.url}/library/busybox:latest"
     puller("pull", "-q", "--unpack", "false", ref, check=True)
-    index = json.loads((puller.root / "images.json").read_text())
-    layer_digest = next(iter(index["images"].values()))["layers"][0]["digest"]
-    blob = puller.root / "blobs" / "sha256" / layer_digest.removeprefix("sha256:")
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    blob, layer_digest = damage_layer_blob(puller.root)
 
     run = puller("run", "--rm", "--pull", "never", ref, "true")
     assert_one_line_error(run, rf"layer {layer_digest} in the store is damaged .* and was "
@@ -277,12 +283,7 @@ def test_pull_without_unpack_damaged_blob(plain_images, puller):
 def test_pull_repairs_damaged_blob_of_unpacked_layer(plain_images, puller):
     ref = f"{plain_images.url}/library/busybox:latest"
     puller("pull", "-q", ref, check=True)
-    index = json.loads((puller.root / "images.json").read_text())
-    layer_digest = next(iter(index["images"].values()))["layers"][0]["digest"]
-    blob = puller.root / "blobs" / "sha256" / layer_digest.removeprefix("sha256:")
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    blob, layer_digest = damage_layer_blob(puller.root)
 
     again = puller("pull", ref)
     assert again.returncode == 0, again.stderr
