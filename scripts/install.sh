@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: the Python that kakoi runs on, busybox-static for the fixture image, and the
 # peers that the tests and benchmarks compare against. docker-registry, skopeo, debootstrap,
-# apache2-utils (htpasswd) and openssl serve the registry tests and their fixture images.
+# apache2-utils (htpasswd) and openssl serve the registry tests and their fixture images;
+# ca-certificates gives kakoi's registry client the CAs that verify HTTPS registries.
 export DEBIAN_FRONTEND=noninteractive
-packages="python3 python3-venv busybox-static runc podman buildah hyperfine uidmap containerd docker-registry skopeo debootstrap apache2-utils openssl"
+packages="python3 python3-venv busybox-static runc podman buildah hyperfine uidmap containerd docker-registry skopeo debootstrap apache2-utils openssl ca-certificates"
 missing=""
 for package in $packages; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="$missing $package"

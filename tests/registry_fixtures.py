@@ -237,7 +237,9 @@ def _openssl(*args: str) -> None:
 
 
 def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
-    """Make a test CA and a server certificate for 127.0.0.1 and localhost signed by it.
+    """Make a test CA and a server certificate signed by it for 127.0.0.1 and localhost.
+
+    The certificate also names registry.test, for clients that reach it through a test proxy.
 
     Return (ca.crt, server.crt, server.key).
     """
@@ -248,7 +250,7 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
              "-keyout", str(key), "-out", str(csr))
     extensions = directory / "server.ext"
-    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n"
+    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:registry.test\n"
                           "extendedKeyUsage = serverAuth\n"
                           "basicConstraints = CA:FALSE\n")
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),

@@ -12,6 +12,11 @@ from kakoi import __version__
 from kakoi.cli.lazy import HelpFormatter, OneCommand, split_command
 from kakoi.errors import KakoiError
 
+# kakoi ships no message catalogs. argparse's lookup of them (through gettext) imports locale,
+# about 5 ms of every command, to find nothing.
+argparse._ = lambda message: message
+argparse.ngettext = lambda singular, plural, count: singular if count == 1 else plural
+
 DEFAULT_ROOT = "/var/lib/kakoi"
 
 

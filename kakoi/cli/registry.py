@@ -1,7 +1,7 @@
 """The registry commands of `kakoi`: pull, push, login, logout.
 
 cli/main.py imports this module on every command, so the top level imports only argparse and
-sys; the handlers import the registry client with httpx, and rich only on a terminal.
+sys; the handlers import the registry client, and rich only on a terminal.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ DEFAULT_ROOT = "/var/lib/kakoi"
 FORMATS = ("docker-archive", "oci-archive")
 _MIN_ID_PREFIX = 4
 _CHUNK = 1 << 20
+_NEW_FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Entries of a store root that an image command has used.
 _STORE_ENTRIES = {"blobs", "layers", "tmp", "images.json", "images.lock"}
 # The engine's lock file, present in a root that only container commands used so far.
@@ -161,6 +162,33 @@ class _NewContent:
                 path.unlink()
 
 
+def new_temp_file(directory: str, prefix: str) -> tuple[int, str]:
+    """Create a file only this process can open, with a random name; return its fd and path.
+
+    The work of tempfile.mkstemp, without importing tempfile, which loads shutil, random and
+    the compression modules (about 4 ms) on every pull.
+    """
+    for _ in range(100):
+        path = os.path.join(directory, prefix + os.urandom(6).hex())
+        try:
+            return os.open(path, _NEW_FILE_FLAGS, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
+
+
+def new_temp_dir(directory: str, prefix: str) -> str:
+    """Create a directory with mode 0700 and a random name, as tempfile.mkdtemp does."""
+    for _ in range(100):
+        path = os.path.join(directory, prefix + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
+
+
 def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -273,9 +301,7 @@ class Store:
         self._write_atomic(self._index, json.dumps(data, indent=1, sort_keys=True).encode())
 
     def _write_atomic(self, path: str, data: bytes) -> None:
-        import tempfile
-
-        fd, temp = tempfile.mkstemp(dir=self._tmp, prefix="write-")
+        fd, temp = new_temp_file(self._tmp, "write-")
         try:
             with os.fdopen(fd, "wb") as stream:
                 stream.write(data)
@@ -303,11 +329,9 @@ class Store:
         Returns the digest, the size and whether the blob is new. On a mismatch nothing is kept
         and DigestMismatchError is raised.
         """
-        import tempfile
-
         self.ensure_layout()
         reader = digests.HashingReader(stream)
-        fd, temp = tempfile.mkstemp(dir=self.tmp_dir, prefix="blob-")
+        fd, temp = new_temp_file(str(self.tmp_dir), "blob-")
         try:
             with os.fdopen(fd, "wb") as target:
                 while chunk := reader.read(_CHUNK):
@@ -408,11 +432,10 @@ class Store:
         so that sweep_stale_work can tell a dir left by a killed process from one in use.
         """
         import fcntl
-        import tempfile
         from pathlib import Path
 
         self.ensure_layout()
-        work = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="layer-"))
+        work = Path(new_temp_dir(str(self.tmp_dir), "layer-"))
         lock_fd = os.open(f"{work}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         self._work_locks[str(work)] = lock_fd
@@ -487,12 +510,11 @@ class Store:
     def _discard_layer_dir(self, path: Path) -> None:
         # Renaming first means a crash during the removal never leaves a half layer in layers/.
         import shutil
-        import tempfile
         from pathlib import Path
 
         if not path.exists():
             return
-        trash = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="delete-"))
+        trash = Path(new_temp_dir(str(self.tmp_dir), "delete-"))
         os.rename(path, trash / "layer")
         shutil.rmtree(trash)
 

@@ -27,13 +27,12 @@ import fcntl
 import hashlib
 import os
 
-import httpx
-
 from kakoi import log
 from kakoi.errors import DigestMismatchError
 from kakoi.image import digest as digests
 from kakoi.registry.client import RegistryClient, backoff_delay
 from kakoi.registry.errors import RegistryError
+from kakoi.registry.http import Response, TransportError
 
 _CHUNK = 1 << 20
 # Decompressed output per call, so a small compressed chunk cannot expand into gigabytes.
@@ -183,7 +182,7 @@ class BlobDownload:
             self._report("start", self.size, decoder.size)
             try:
                 self._fetch(fd, decoder)
-            except (httpx.TransportError, _ShortRead) as error:
+            except (TransportError, _ShortRead) as error:
                 received = os.fstat(fd).st_size
                 if attempt == self.client.max_attempts:
                     break
@@ -250,7 +249,7 @@ class BlobDownload:
             raise _ShortRead(f"stream ended at {decoder.size} bytes")
 
     @staticmethod
-    def _range_honoured(response: httpx.Response, offset: int) -> bool:
+    def _range_honoured(response: Response, offset: int) -> bool:
         content_range = response.headers.get("Content-Range", "")
         return response.status_code == 206 and content_range.startswith(f"bytes {offset}-")
 

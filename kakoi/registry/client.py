@@ -1,23 +1,23 @@
-"""HTTP access to one registry host over the OCI distribution API, with httpx.
+"""HTTP access to one registry host over the OCI distribution API.
 
 The client finds the scheme with a ping of /v2/ (HTTPS, then plain HTTP for insecure
 registries), handles authentication challenges, retries 429, 5xx and connection errors with
 exponential backoff, and follows blob redirects without sending the registry's Authorization
-header to another host. httpx is imported by this module only, which `kakoi run` never loads.
+header to another host. The HTTP/1.1 client is kakoi's own (kakoi.registry.http).
 """
 
 from __future__ import annotations
 
 from contextlib import closing
 
+import os
 import threading
 import time
 from urllib.parse import urljoin, urlsplit
 
-import httpx
-
-from kakoi import log
+from kakoi import jsontext, log
 from kakoi.registry import auth as auths
+from kakoi.registry import http
 from kakoi.registry import manifest as manifests
 from kakoi.registry.config import RegistrySettings
 from kakoi.registry.errors import ManifestError, NotFoundError, RegistryError
@@ -27,7 +27,8 @@ BACKOFF_BASE = 0.5
 BACKOFF_MAX = 8.0
 MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
-_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+_CONNECT_TIMEOUT = 10.0
+_READ_TIMEOUT = 60.0
 _USER_AGENT = "kakoi/0.1"
 
 
@@ -60,16 +61,58 @@ def _is_certificate_error(error: Exception) -> bool:
     return "CERTIFICATE_VERIFY_FAILED" in str(error)
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(response: http.Response) -> str:
     """Return `CODE: message` from a registry's JSON error body, or the HTTP status."""
     try:
-        body = response.read()[:65536]
-        errors = httpx.Response(200, content=body).json().get("errors") or []
+        body = b"".join(chunk for _, chunk in zip(range(4), response.iter_bytes(16384)))
+        errors = jsontext.loads(body).get("errors") or []
         parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors
                  if isinstance(e, dict)]
-    except (ValueError, AttributeError, httpx.HTTPError):
+    except (ValueError, AttributeError, http.TransportError):
         parts = []
     return "; ".join(parts) or f"HTTP {response.status_code} {response.reason_phrase}"
+
+
+def _load_system_cas(context) -> None:
+    """Give `context` the system's CA certificates, read at the handshake where possible.
+
+    Loading the bundle file parses every CA (about 27 ms for Debian's 140), on every command
+    that speaks HTTPS or only tries it. A hashed CA directory (Debian's /etc/ssl/certs) is
+    instead searched by OpenSSL for the one issuer that a handshake needs. SSL_CERT_FILE and
+    SSL_CERT_DIR are honoured as OpenSSL honours them. Without any (no ca-certificates
+    package), verification fails with the error that tells where to put a CA.
+    """
+    import ssl
+
+    paths = ssl.get_default_verify_paths()
+    hashed_dir = bool(paths.capath) and _is_hashed_ca_dir(paths.capath)
+    loaded = False
+    # Many hosts set SSL_CERT_FILE to the system bundle itself: its CAs are the directory's.
+    if os.environ.get(paths.openssl_cafile_env) and paths.cafile and not (
+            hashed_dir and _same_file(paths.cafile, paths.openssl_cafile)):
+        context.load_verify_locations(cafile=paths.cafile)
+        loaded = True
+    if hashed_dir:
+        context.load_verify_locations(capath=paths.capath)
+        loaded = True
+    if not loaded and paths.cafile:
+        context.load_verify_locations(cafile=paths.cafile)
+
+
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+def _is_hashed_ca_dir(path: str) -> bool:
+    """Return True when `path` contains OpenSSL's subject-hash links (NNNNNNNN.0) of c_rehash."""
+    try:
+        with os.scandir(path) as entries:
+            return any(len(entry.name) == 10 and entry.name.endswith(".0") for entry in entries)
+    except OSError:
+        return False
 
 
 class RegistryClient:
@@ -77,7 +120,7 @@ class RegistryClient:
 
     def __init__(self, host: str, settings: RegistrySettings,
                  credentials: tuple[str, str] | None = None,
-                 transport: httpx.BaseTransport | None = None, sleep=time.sleep,
+                 transport=None, sleep=time.sleep,
                  max_attempts: int = MAX_ATTEMPTS, clock=time.time):
         self.host = host
         self.settings = settings
@@ -85,7 +128,7 @@ class RegistryClient:
         self.max_attempts = max_attempts
         self._transport = transport
         self._sleep = sleep
-        self._clients: dict[bool, httpx.Client] = {}
+        self._clients: dict[bool, http.Client] = {}
         # Layer transfers share one client from several threads; the first request of
         # each finds the scheme, which must happen once, or a client leaks per thread.
         self._lock = threading.Lock()
@@ -99,33 +142,29 @@ class RegistryClient:
             client.close()
         self._clients.clear()
 
-    def _client(self, verify: bool) -> httpx.Client:
+    def _client(self, verify: bool) -> http.Client:
         with self._lock:
             return self._client_locked(verify)
 
-    def _client_locked(self, verify: bool) -> httpx.Client:
+    def _client_locked(self, verify: bool) -> http.Client:
         client = self._clients.get(verify)
         if client is None:
-            options = {"transport": self._transport} if self._transport is not None else {}
-            client = httpx.Client(verify=self._ssl_context() if verify else False,
-                                  follow_redirects=False, timeout=_TIMEOUT,
-                                  headers={"User-Agent": _USER_AGENT}, **options)
+            context = None
+            if self._transport is None:
+                context = self._ssl_context() if verify else http.unverified_context()
+            try:
+                client = http.Client(context, _CONNECT_TIMEOUT, _READ_TIMEOUT,
+                                     {"User-Agent": _USER_AGENT}, self._transport)
+            except http.InvalidProxy as error:
+                raise RegistryError(f"cannot use the proxy setting {error}") from None
             self._clients[verify] = client
         return client
 
     def _ssl_context(self):
         import ssl
 
-        context = ssl.create_default_context()
-        # certifi's bundle only where the system has none (no ca-certificates package):
-        # loading a second bundle of the same CAs costs about 20 ms per command.
-        if not context.cert_store_stats()["x509_ca"]:
-            try:
-                import certifi
-
-                context.load_verify_locations(certifi.where())
-            except ImportError:
-                pass
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        _load_system_cas(context)
         for path in self.settings.ca_files():
             try:
                 context.load_verify_locations(path)
@@ -176,14 +215,14 @@ class RegistryClient:
             return
         raise last  # type: ignore[misc]
 
-    def _with_retries(self, send, label: str, attempts: int | None = None) -> httpx.Response:
+    def _with_retries(self, send, label: str, attempts: int | None = None) -> http.Response:
         """Call `send` until it returns a response that is not 429 or 5xx, up to the limit."""
         attempts = attempts or self.max_attempts
         for attempt in range(1, attempts + 1):
             try:
                 response = send()
-            except httpx.TransportError as error:
-                if _is_tls_error(error) and not isinstance(error, httpx.RemoteProtocolError):
+            except http.TransportError as error:
+                if _is_tls_error(error) and not isinstance(error, http.RemoteProtocolError):
                     raise self._tls_error(error) from None
                 if attempt == attempts:
                     raise self._connection_error(label, error, attempts) from None
@@ -222,7 +261,7 @@ class RegistryClient:
     # Requests with authentication and redirects
 
     def send(self, method: str, path: str, scope: str | None, headers: dict | None = None,
-             stream: bool = False) -> httpx.Response:
+             stream: bool = False) -> http.Response:
         """Send a request to the registry and return the final response.
 
         The response is streamed when `stream` is set; the caller must close it. 401 is retried
@@ -263,7 +302,7 @@ class RegistryClient:
             return response
 
     def request(self, method: str, target: str, scope, headers: dict | None = None,
-                content: bytes | None = None, attempts: int | None = None) -> httpx.Response:
+                content: bytes | None = None, attempts: int | None = None) -> http.Response:
         """Send a request with an optional body to a path or URL and return the read response.
 
         `target` may be a path or a Location header, relative or absolute, as upload sessions
@@ -330,7 +369,7 @@ class RegistryClient:
         media_type = manifests.media_type_of(bytes(body), content_type)
         return bytes(body), media_type, response.headers.get("Docker-Content-Digest")
 
-    def open_blob(self, repository: str, digest: str, offset: int = 0) -> httpx.Response:
+    def open_blob(self, repository: str, digest: str, offset: int = 0) -> http.Response:
         """Start a streamed blob download, from `offset` with a Range request when it is > 0."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         response = self.send("GET", f"/v2/{repository}/blobs/{digest}",
@@ -340,7 +379,7 @@ class RegistryClient:
                 self.check_status(response, f"blob {digest} of {repository}")
         return response
 
-    def check_status(self, response: httpx.Response, label: str) -> None:
+    def check_status(self, response: http.Response, label: str) -> None:
         if response.status_code < 400:
             return
         text = _error_text(response)

@@ -13,7 +13,6 @@ removed. A download that resumes a partial file leaves the unpack to the store, 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
 from kakoi import log
@@ -23,6 +22,7 @@ from kakoi.image import reference as references
 from kakoi.registry import config as configs
 from kakoi.registry import credentials as creds
 from kakoi.registry import manifest as manifests
+from kakoi.registry import workers
 from kakoi.registry.blob import BlobDownload
 from kakoi.registry.client import RegistryClient, check_digest
 from kakoi.registry.errors import ManifestError, RegistryError
@@ -241,17 +241,15 @@ def download_layers(store, client: RegistryClient, repository: str,
                                 progress, sink=stream, decompress=decompress,
                                 diff_id=diff_ids[index] if diff_ids else None)
         jobs[layer.digest] = _LayerJob(download, stream)
-    pool = ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS, thread_name_prefix="kakoi-pull")
     try:
-        futures = {digest: pool.submit(job.run) for digest, job in jobs.items()}
-        results = {digest: future.result() for digest, future in futures.items()}
-    except BaseException:
         # Downloads not yet started are dropped; running ones finish into their partial files.
-        pool.shutdown(wait=True, cancel_futures=True)
+        outcomes = workers.run_all([job.run for job in jobs.values()], PARALLEL_DOWNLOADS,
+                                   "kakoi-pull")
+    except BaseException:
         for stream in streamed.values():
             stream.discard()
         raise
-    pool.shutdown(wait=True)
+    results = dict(zip(jobs, outcomes))
     return [results[layer.digest] for layer in layers], streamed
 
 

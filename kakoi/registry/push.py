@@ -11,7 +11,6 @@ the store has.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 from kakoi import log
@@ -19,6 +18,7 @@ from kakoi.errors import InvalidArgument
 from kakoi.image import reference as references
 from kakoi.registry import manifest as manifests
 from kakoi.registry import progress as progresses
+from kakoi.registry import workers
 from kakoi.registry.client import RegistryClient, backoff_delay
 from kakoi.registry.errors import RegistryError
 
@@ -350,14 +350,8 @@ def upload_blobs(store, client: RegistryClient, repository: str,
         if not os.path.exists(job.path):
             raise RegistryError(f"{job.label}: the store has no blob {job.digest}; pull or "
                                 "load the image again")
-    pool = ThreadPoolExecutor(max_workers=PARALLEL_UPLOADS, thread_name_prefix="kakoi-push")
-    try:
-        futures = {job.digest: pool.submit(job.run) for job in jobs}
-        outcomes = {digest: future.result() for digest, future in futures.items()}
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    results = workers.run_all([job.run for job in jobs], PARALLEL_UPLOADS, "kakoi-push")
+    outcomes = {job.digest: result for job, result in zip(jobs, results)}
     return outcomes, {job.digest: job.chunks for job in jobs}
 
 

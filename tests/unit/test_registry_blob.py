@@ -1,6 +1,6 @@
 """Blob downloads against a fake transport: verification, resume with Range, truncation.
 
-httpx.MockTransport stands in for the registry, because a real one cannot be made to cut a
+A fake transport stands in for the registry, because a real one cannot be made to cut a
 response short or serve wrong bytes on demand.
 """
 
@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import os
 
-import httpx
 import pytest
 import zstandard
 
@@ -17,6 +16,8 @@ from kakoi.registry.blob import BlobDownload, LayerDecoder, partial_path
 from kakoi.registry.client import RegistryClient
 from kakoi.registry.config import RegistrySettings
 from kakoi.registry.errors import RegistryError
+
+from fake_http import FakeTransport, Response
 
 TAR = os.urandom(200_000) + b"\0" * 100_000
 GZIPPED = gzip.compress(TAR)
@@ -40,7 +41,7 @@ class BlobServer:
     def __call__(self, request):
         self.requests.append(request)
         if request.url.path == "/v2/":
-            return httpx.Response(200)
+            return Response(200)
         start = 0
         header = request.headers.get("Range")
         status, headers = 200, {}
@@ -52,7 +53,7 @@ class BlobServer:
         if self.cut:
             body = body[:self.cut.pop(0)]
         # A stream, as from the network: a response built with content= counts as read.
-        return httpx.Response(status, stream=httpx.ByteStream(body), headers=headers)
+        return Response(status, stream=[body], headers=headers)
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def dirs(tmp_path):
 
 def download(dirs, server, data, compression="gzip", attempts=4):
     client = RegistryClient("r.test", RegistrySettings("r.test"), None,
-                            transport=httpx.MockTransport(server), sleep=lambda s: None,
+                            transport=FakeTransport(server), sleep=lambda s: None,
                             max_attempts=attempts)
     digest = digest_of(data)
     job = BlobDownload(client, "a", digest, len(data), compression, str(dirs / "tmp"),

@@ -1,11 +1,10 @@
 """The registry HTTP client against a fake transport: retries, auth, redirects, errors.
 
-httpx.MockTransport stands in for the network here; the e2e tests use real registries.
+A fake transport (tests/unit/fake_http.py) stands in for the network here; the e2e tests use real registries.
 """
 
 import json
 
-import httpx
 import pytest
 
 from kakoi.registry import manifest
@@ -13,6 +12,8 @@ from kakoi.registry.client import RegistryClient, backoff_delay
 from kakoi.registry.config import RegistrySettings
 from kakoi.registry.errors import (AuthenticationError, ManifestError, NotFoundError,
                                    RegistryError)
+
+from fake_http import ConnectError, FakeTransport, Response
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": manifest.MEDIA_OCI_MANIFEST,
                        "config": {}, "layers": []}).encode()
@@ -30,7 +31,7 @@ class Fake:
         self.requests.append(request)
         answers = self.routes.get(request.url.path)
         if not answers:
-            return httpx.Response(404, json={"errors": [{"code": "NAME_UNKNOWN",
+            return Response(404, json={"errors": [{"code": "NAME_UNKNOWN",
                                                          "message": "unknown"}]})
         answer = answers.pop(0) if len(answers) > 1 else answers[0]
         if isinstance(answer, Exception):
@@ -41,12 +42,12 @@ class Fake:
 
     def client(self, host="r.test", insecure=False, credentials=None, **options):
         return RegistryClient(host, RegistrySettings(host, insecure), credentials,
-                              transport=httpx.MockTransport(self.handler),
+                              transport=FakeTransport(self.handler),
                               sleep=self.sleeps.append, **options)
 
 
 def ok_manifest(request=None):
-    return httpx.Response(200, content=MANIFEST,
+    return Response(200, content=MANIFEST,
                           headers={"Content-Type": manifest.MEDIA_OCI_MANIFEST})
 
 
@@ -57,8 +58,8 @@ def test_backoff_doubles_and_caps():
 
 
 def test_retries_5xx_then_succeeds():
-    fake = Fake({"/v2/": [httpx.Response(200)],
-                 "/v2/a/manifests/t": [httpx.Response(503), httpx.Response(502), ok_manifest()]})
+    fake = Fake({"/v2/": [Response(200)],
+                 "/v2/a/manifests/t": [Response(503), Response(502), ok_manifest()]})
     body, media_type, _ = fake.client().get_manifest("a", "t")
     assert body == MANIFEST
     assert media_type == manifest.MEDIA_OCI_MANIFEST
@@ -66,15 +67,15 @@ def test_retries_5xx_then_succeeds():
 
 
 def test_retry_after_on_429():
-    fake = Fake({"/v2/": [httpx.Response(200)],
-                 "/v2/a/manifests/t": [httpx.Response(429, headers={"Retry-After": "2"}),
+    fake = Fake({"/v2/": [Response(200)],
+                 "/v2/a/manifests/t": [Response(429, headers={"Retry-After": "2"}),
                                        ok_manifest()]})
     fake.client().get_manifest("a", "t")
     assert fake.sleeps == [2.0]
 
 
 def test_retries_are_capped():
-    fake = Fake({"/v2/": [httpx.Response(200)], "/v2/a/manifests/t": [httpx.Response(500)]})
+    fake = Fake({"/v2/": [Response(200)], "/v2/a/manifests/t": [Response(500)]})
     with pytest.raises(RegistryError, match="HTTP 500"):
         fake.client(max_attempts=3).get_manifest("a", "t")
     assert len([r for r in fake.requests if r.url.path == "/v2/a/manifests/t"]) == 3
@@ -82,14 +83,14 @@ def test_retries_are_capped():
 
 
 def test_connection_error_retried():
-    fake = Fake({"/v2/": [httpx.ConnectError("refused"), httpx.Response(200)],
+    fake = Fake({"/v2/": [ConnectError("refused"), Response(200)],
                  "/v2/a/manifests/t": [ok_manifest()]})
     fake.client().get_manifest("a", "t")
     assert fake.sleeps == [0.5]
 
 
 def test_connection_error_gives_up():
-    fake = Fake({"/v2/": [httpx.ConnectError("connection refused")]})
+    fake = Fake({"/v2/": [ConnectError("connection refused")]})
     with pytest.raises(RegistryError, match="cannot reach registry r.test.*4 attempts"):
         fake.client().get_manifest("a", "t")
 
@@ -97,8 +98,8 @@ def test_connection_error_gives_up():
 def test_insecure_falls_back_to_http():
     def v2(request):
         if request.url.scheme == "https":
-            raise httpx.ConnectError("wrong version number")
-        return httpx.Response(200)
+            raise ConnectError("wrong version number")
+        return Response(200)
 
     fake = Fake({"/v2/": [v2], "/v2/a/manifests/t": [ok_manifest()]})
     client = fake.client(insecure=True)
@@ -108,7 +109,7 @@ def test_insecure_falls_back_to_http():
 
 
 def test_secure_registry_never_uses_http():
-    fake = Fake({"/v2/": [httpx.ConnectError("refused")]})
+    fake = Fake({"/v2/": [ConnectError("refused")]})
     with pytest.raises(RegistryError):
         fake.client(max_attempts=2).ping()
     assert {r.url.scheme for r in fake.requests} == {"https"}
@@ -117,7 +118,7 @@ def test_secure_registry_never_uses_http():
 def token_route(tokens):
     def answer(request):
         tokens.append(request)
-        return httpx.Response(200, json={"token": f"tok{len(tokens)}", "expires_in": 300})
+        return Response(200, json={"token": f"tok{len(tokens)}", "expires_in": 300})
     return answer
 
 
@@ -129,10 +130,10 @@ def test_bearer_token_fetched_and_retried():
 
     def manifest_route(request):
         if request.headers.get("Authorization") != "Bearer tok1":
-            return httpx.Response(401, headers=BEARER)
+            return Response(401, headers=BEARER)
         return ok_manifest()
 
-    fake = Fake({"/v2/": [httpx.Response(401, headers=BEARER)], "/token": [token_route(tokens)],
+    fake = Fake({"/v2/": [Response(401, headers=BEARER)], "/token": [token_route(tokens)],
                  "/v2/a/manifests/t": [manifest_route]})
     fake.client(credentials=("u", "p")).get_manifest("a", "t")
     assert len(tokens) == 1
@@ -143,23 +144,23 @@ def test_bearer_token_fetched_and_retried():
 
 def test_expired_token_retried_once_then_rejected():
     tokens = []
-    fake = Fake({"/v2/": [httpx.Response(401, headers=BEARER)], "/token": [token_route(tokens)],
-                 "/v2/a/manifests/t": [httpx.Response(401, headers=BEARER)]})
+    fake = Fake({"/v2/": [Response(401, headers=BEARER)], "/token": [token_route(tokens)],
+                 "/v2/a/manifests/t": [Response(401, headers=BEARER)]})
     with pytest.raises(AuthenticationError, match="run `kakoi login r.test`"):
         fake.client().get_manifest("a", "t")
     assert len(tokens) == 2
 
 
 def test_token_server_rejects_credentials():
-    fake = Fake({"/v2/": [httpx.Response(401, headers=BEARER)],
-                 "/token": [httpx.Response(401)]})
+    fake = Fake({"/v2/": [Response(401, headers=BEARER)],
+                 "/token": [Response(401)]})
     with pytest.raises(AuthenticationError, match="rejected the credentials of user 'u'"):
         fake.client(credentials=("u", "p")).check_login()
 
 
 def test_basic_wrong_password():
     basic = {"WWW-Authenticate": 'Basic realm="r"'}
-    fake = Fake({"/v2/": [httpx.Response(401, headers=basic)]})
+    fake = Fake({"/v2/": [Response(401, headers=basic)]})
     with pytest.raises(AuthenticationError) as caught:
         fake.client(credentials=("u", "wrong")).check_login()
     assert "wrong" not in str(caught.value)
@@ -168,9 +169,9 @@ def test_basic_wrong_password():
 def test_redirect_drops_authorization_for_other_host():
     blob_path = "/v2/a/blobs/sha256:" + "b" * 64
     basic = {"WWW-Authenticate": 'Basic realm="r"'}
-    fake = Fake({"/v2/": [httpx.Response(401, headers=basic)],
-                 blob_path: [httpx.Response(307, headers={"Location": "https://cdn.test/x?sig=1"})],
-                 "/x": [httpx.Response(200, content=b"data")]})
+    fake = Fake({"/v2/": [Response(401, headers=basic)],
+                 blob_path: [Response(307, headers={"Location": "https://cdn.test/x?sig=1"})],
+                 "/x": [Response(200, content=b"data")]})
     response = fake.client(credentials=("u", "p")).open_blob("a", "sha256:" + "b" * 64)
     assert response.read() == b"data"
     registry_request, cdn_request = fake.requests[-2:]
@@ -180,24 +181,24 @@ def test_redirect_drops_authorization_for_other_host():
 
 
 def test_not_found_carries_error_code():
-    fake = Fake({"/v2/": [httpx.Response(200)],
-                 "/v2/a/manifests/t": [httpx.Response(404, json={"errors": [
+    fake = Fake({"/v2/": [Response(200)],
+                 "/v2/a/manifests/t": [Response(404, json={"errors": [
                      {"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})]})
     with pytest.raises(NotFoundError, match="MANIFEST_UNKNOWN: manifest unknown"):
         fake.client().get_manifest("a", "t")
 
 
 def test_oversized_manifest_rejected():
-    big = httpx.Response(200, headers={"Content-Length": str(manifest.MAX_MANIFEST_SIZE + 1),
+    big = Response(200, headers={"Content-Length": str(manifest.MAX_MANIFEST_SIZE + 1),
                                        "Content-Type": manifest.MEDIA_OCI_MANIFEST},
                          content=b" " * (manifest.MAX_MANIFEST_SIZE + 1))
-    fake = Fake({"/v2/": [httpx.Response(200)], "/v2/a/manifests/t": [big]})
+    fake = Fake({"/v2/": [Response(200)], "/v2/a/manifests/t": [big]})
     with pytest.raises(ManifestError, match="4 MiB"):
         fake.client().get_manifest("a", "t")
 
 
 def test_accept_header_lists_types():
-    fake = Fake({"/v2/": [httpx.Response(200)], "/v2/a/manifests/t": [ok_manifest()]})
+    fake = Fake({"/v2/": [Response(200)], "/v2/a/manifests/t": [ok_manifest()]})
     fake.client().get_manifest("a", "t")
     accept = fake.requests[-1].headers["Accept"]
     for media_type in (manifest.MEDIA_OCI_INDEX, manifest.MEDIA_OCI_MANIFEST,

@@ -1,19 +1,21 @@
 """Blob uploads of `kakoi push` against a scripted registry: sessions, chunks, Range, mounts.
 
-httpx.MockTransport replaces the network, because docker-registry cannot be made to keep
+A fake transport replaces the network, because docker-registry cannot be made to keep
 only part of a chunk, answer 416, or give relative and absolute Locations on demand; the e2e
 tests push to real registries.
 """
 
 import hashlib
 
-import httpx
 import pytest
 
 from kakoi.registry.client import RegistryClient
 from kakoi.registry.config import RegistrySettings
 from kakoi.registry.errors import RegistryError
+from kakoi.registry.http import Request
 from kakoi.registry.push import BlobUpload, QuietProgress, _range_end
+
+from fake_http import FakeTransport, Response
 
 HOST = "r.test"
 
@@ -30,65 +32,65 @@ class UploadRegistry:
         self.mountable = set(mountable)
         self.sessions: dict[str, bytearray] = {}
         self.blobs: dict[str, bytes] = {}
-        self.requests: list[httpx.Request] = []
+        self.requests: list[Request] = []
 
     def location(self, session: str) -> str:
         path = f"/v2/repo/blobs/uploads/{session}?_state=s"
         return f"http://{HOST}{path}" if self.absolute_location else path
 
-    def handler(self, request: httpx.Request) -> httpx.Response:
+    def handler(self, request: Request) -> Response:
         self.requests.append(request)
         path = request.url.path
         if path == "/v2/":
-            return httpx.Response(200)
+            return Response(200)
         if request.method == "HEAD":
-            return httpx.Response(200 if path.rsplit("/", 1)[1] in self.blobs else 404)
+            return Response(200 if path.rsplit("/", 1)[1] in self.blobs else 404)
         if request.method == "POST":
             return self.post(request)
         session = path.rsplit("/", 1)[1]
         if session not in self.sessions:
-            return httpx.Response(404)
+            return Response(404)
         if request.method == "PATCH":
             return self.patch(request, session)
         if request.method == "GET":
-            return httpx.Response(204, headers=self.range_headers(session))
+            return Response(204, headers=self.range_headers(session))
         if request.method == "PUT":
             data = bytes(self.sessions.pop(session)) + request.content
             digest = request.url.params["digest"]
             if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-                return httpx.Response(400, json={"errors": [{"code": "DIGEST_INVALID"}]})
+                return Response(400, json={"errors": [{"code": "DIGEST_INVALID"}]})
             self.blobs[digest] = data
-            return httpx.Response(201, headers={"Docker-Content-Digest": digest})
-        return httpx.Response(405)
+            return Response(201, headers={"Docker-Content-Digest": digest})
+        return Response(405)
 
-    def post(self, request: httpx.Request) -> httpx.Response:
+    def post(self, request: Request) -> Response:
         mount = request.url.params.get("mount")
         if mount and request.url.params.get("from") in self.mountable:
             self.blobs[mount] = b"mounted"
-            return httpx.Response(201)
+            return Response(201)
         digest = request.url.params.get("digest")
         if digest and self.single_post:
             self.blobs[digest] = request.content
-            return httpx.Response(201)
+            return Response(201)
         session = f"s{len(self.sessions) + len(self.blobs)}"
         self.sessions[session] = bytearray()
-        return httpx.Response(202, headers={"Location": self.location(session),
+        return Response(202, headers={"Location": self.location(session),
                                             "Range": "0-0"})
 
-    def patch(self, request: httpx.Request, session: str) -> httpx.Response:
+    def patch(self, request: Request, session: str) -> Response:
         held = self.sessions[session]
         start = int(request.headers["Content-Range"].split("-")[0])
         if start != len(held):
-            return httpx.Response(416, headers=self.range_headers(session))
+            return Response(416, headers=self.range_headers(session))
         if self.fail_patch_once:
             self.fail_patch_once = False
             held += request.content[:len(request.content) // 2]
-            return httpx.Response(500)
+            return Response(500)
         data = request.content
         if self.keep_at_most is not None:
             data = data[:self.keep_at_most]
         held += data
-        return httpx.Response(202, headers=self.range_headers(session))
+        return Response(202, headers=self.range_headers(session))
 
     def range_headers(self, session: str) -> dict:
         held = len(self.sessions[session])
@@ -104,7 +106,7 @@ def upload(registry: UploadRegistry, tmp_path, data: bytes, chunk_size: int,
     path.write_bytes(data)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     client = RegistryClient(HOST, RegistrySettings(HOST), None,
-                            transport=httpx.MockTransport(registry.handler),
+                            transport=FakeTransport(registry.handler),
                             sleep=lambda seconds: None)
     job = BlobUpload(client, "repo", digest, len(data), str(path), list(mount_from),
                      QuietProgress(), chunk_size)
@@ -192,7 +194,7 @@ def test_short_store_blob_is_an_error(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(b"abc")
     client = RegistryClient(HOST, RegistrySettings(HOST), None,
-                            transport=httpx.MockTransport(registry.handler))
+                            transport=FakeTransport(registry.handler))
     job = BlobUpload(client, "repo", "sha256:" + "0" * 64, 10, str(path), [], QuietProgress())
     with pytest.raises(RegistryError, match="shorter than 10 bytes"):
         job.run()
