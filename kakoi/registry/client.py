@@ -224,6 +224,10 @@ class RegistryClient:
             except http.TransportError as error:
                 if _is_tls_error(error) and not isinstance(error, http.RemoteProtocolError):
                     raise self._tls_error(error) from None
+                # Nothing listens at the address of a registry not yet reached: retrying
+                # only delays the error (by 3.5 s), as a wrong port is the usual cause.
+                if self.base is None and isinstance(error.__cause__, ConnectionRefusedError):
+                    raise self._connection_error(label, error, attempt) from None
                 if attempt == attempts:
                     raise self._connection_error(label, error, attempts) from None
                 delay = backoff_delay(attempt)
@@ -254,9 +258,10 @@ class RegistryClient:
     def _connection_error(self, label: str, error: Exception, attempts: int) -> RegistryError:
         kind = type(error).__name__
         detail = str(error) or kind
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
         return RegistryError(f"cannot reach registry {self.host} ({label}): {detail} after "
-                             f"{attempts} attempts; check that the registry runs and "
-                             "that the address is right")
+                             f"{tries}; check that the registry runs and that the address "
+                             "is right")
 
     # Requests with authentication and redirects
 

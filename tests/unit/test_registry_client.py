@@ -95,6 +95,16 @@ def test_connection_error_gives_up():
         fake.client().get_manifest("a", "t")
 
 
+def test_refused_first_connection_fails_at_once():
+    refused = ConnectError("connecting to r.test:443 failed: Connection refused")
+    refused.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    fake = Fake({"/v2/": [refused]})
+
+    with pytest.raises(RegistryError, match="refused after 1 attempt; check that the registry"):
+        fake.client().get_manifest("a", "t")
+    assert fake.sleeps == []
+
+
 def test_insecure_falls_back_to_http():
     def v2(request):
         if request.url.scheme == "https":
