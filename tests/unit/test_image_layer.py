@@ -11,7 +11,7 @@ import pytest
 from image_helpers import file_entry, tar_bytes
 from kakoi.errors import ImageError, LayerEscapeError
 from kakoi.image import digest as digests
-from kakoi.image.layer import OPAQUE_XATTR, unpack
+from kakoi.image.layer import OPAQUE_XATTR, StreamExtractor, extract, unpack
 
 
 def entry(name: str, kind: bytes = tarfile.DIRTYPE, mode: int = 0o755, **fields):
@@ -145,6 +145,38 @@ def test_unpack_preserves_metadata(tmp_path):
     assert os.getxattr(root / "xattr-file", "user.comment") == b"hello"
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_file_modes_survive_any_umask(tmp_path, umask):
+    modes = {"plain": 0o644, "shared": 0o666, "private": 0o600, "tool": 0o755,
+             "locked": 0o000, "sticky": 0o1777}
+    data = tar_bytes([file_entry(name, b"x", mode) for name, mode in modes.items()])
+    previous = os.umask(umask)
+    try:
+        unpack_bytes(data, tmp_path / "layer")
+    finally:
+        os.umask(previous)
+
+    for name, mode in modes.items():
+        assert stat.S_IMODE(os.lstat(tmp_path / "layer" / name).st_mode) == mode, name
+
+
+@pytest.mark.root
+def test_root_owned_files_ignore_a_setgid_root(tmp_path):
+    # A setgid layer dir gives new files its group. Entries owned by 0:0 must still end up
+    # 0:0, although kakoi skips the chown of such entries where it can.
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    os.chown(layer, 0, 4321)
+    os.chmod(layer, 0o2755)
+    data = tar_bytes([entry("dir", mode=0o755), (entry("dir/file", tarfile.REGTYPE, 0o644), b"x"),
+                      entry("link", tarfile.SYMTYPE, 0o777, linkname="dir/file")])
+
+    unpack_bytes(data, layer)
+
+    for name in ("dir", "dir/file", "link"):
+        assert os.lstat(layer / name).st_gid == 0, name
+
+
 def test_later_entry_replaces_earlier(tmp_path):
     data = tar_bytes([file_entry("a", b"old"), entry("a", tarfile.SYMTYPE, 0o777, linkname="x"),
                       file_entry("a", b"new")])
@@ -248,3 +280,112 @@ def test_directory_cache_not_fooled_by_symlink_swap(tmp_path):
     with pytest.raises(LayerEscapeError):
         unpack_bytes(data, tmp_path / "layer")
     assert not (outside / "evil").exists()
+
+
+def test_unpack_gnu_format_long_names(tmp_path):
+    long_dir = "/".join(["d" * 60] * 5)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        archive.addfile(entry(long_dir))
+        info, data = file_entry(long_dir + "/file", b"deep")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+        archive.addfile(entry("link", tarfile.SYMTYPE, 0o777, linkname="t" * 150))
+
+    result = unpack_bytes(buffer.getvalue(), tmp_path / "layer")
+
+    assert (tmp_path / "layer" / long_dir / "file").read_bytes() == b"deep"
+    assert os.readlink(tmp_path / "layer/link") == "t" * 150
+    assert result.size == 4
+
+
+def test_extract_leaves_reader_after_end_blocks(tmp_path):
+    data = tar_bytes([file_entry("a", b"x" * 700)])
+    stream = io.BytesIO(data)
+    (tmp_path / "layer").mkdir()
+
+    size = extract(stream, tmp_path / "layer", "test-layer")
+
+    assert size == 700
+    assert stream.tell() == 512 + 1024 + 1024  # header, padded data, two zero blocks
+
+
+def test_unpack_sparse_entry_is_image_error(tmp_path):
+    header = bytearray(512)
+    header[0:5] = b"holes"
+    header[100:108] = b"0000644\0"
+    header[124:136] = b"00000000000\0"
+    header[136:148] = b"00000000000\0"
+    header[156:157] = b"S"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+
+    with pytest.raises(ImageError, match="entry 'holes' is a sparse file"):
+        unpack_bytes(bytes(header) + bytes(1024), tmp_path / "layer")
+
+
+def test_stream_extractor_small_chunks(tmp_path):
+    data = tar_bytes([entry("etc"), file_entry("etc/hostname", b"box\n"),
+                      file_entry("etc/big", bytes(range(256)) * 5000)])
+    (tmp_path / "layer").mkdir()
+    extractor = StreamExtractor(tmp_path / "layer", "test-layer")
+
+    for start in range(0, len(data), 1000):
+        extractor.feed(data[start:start + 1000])
+    size = extractor.close()
+
+    assert size == 4 + 256 * 5000
+    assert (tmp_path / "layer/etc/hostname").read_bytes() == b"box\n"
+    assert (tmp_path / "layer/etc/big").read_bytes() == bytes(range(256)) * 5000
+
+
+def test_stream_extractor_reports_damaged_tar(tmp_path):
+    data = bytearray(tar_bytes([file_entry("a", b"x")]))
+    data[0] ^= 0xFF
+    (tmp_path / "layer").mkdir()
+    extractor = StreamExtractor(tmp_path / "layer", "test-layer")
+
+    for start in range(0, len(data), 100):
+        extractor.feed(bytes(data[start:start + 100]))
+
+    with pytest.raises(ImageError, match="invalid layer tar test-layer: header at byte 0 has a "
+                                         "bad checksum"):
+        extractor.close()
+
+
+@pytest.mark.parametrize("field", ["mode", "devmajor"])
+def test_unpack_out_of_range_field_is_image_error(tmp_path, field):
+    kind = tarfile.CHRTYPE if field == "devmajor" else tarfile.REGTYPE
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        archive.addfile(entry("node", kind, 0o644))
+    data = bytearray(buffer.getvalue())
+    # Write 2**40 in base-256 into the field, then fix the header checksum.
+    offset = {"mode": 100, "devmajor": 329}[field]
+    data[offset:offset + 8] = (2**40 | 1 << 63).to_bytes(8, "big")
+    data[148:156] = b" " * 8
+    data[148:156] = b"%06o\0 " % sum(data[:512])
+
+    with pytest.raises(ImageError, match="out of range"):
+        unpack_bytes(bytes(data), tmp_path / "layer")
+
+
+def test_unpack_empty_layer_hashes_all_padding(tmp_path):
+    data = bytes(10240)  # end-of-archive blocks, then padding to a 10240-byte record
+
+    result = unpack_bytes(data, tmp_path / "layer")
+
+    assert result.size == 0
+    assert result.diff_id == digests.of_bytes(data)
+    assert os.listdir(tmp_path / "layer") == []
+
+
+def test_unpack_fractional_mtime_is_exact(tmp_path):
+    info, data = file_entry("fraction", b"f")
+    info.mtime = 1_600_000_000.25  # written as the pax record mtime=1600000000.25
+
+    unpack_bytes(tar_bytes([(info, data), entry("dir", mtime=1_600_000_000.5)]),
+                 tmp_path / "layer")
+
+    assert os.lstat(tmp_path / "layer/fraction").st_mtime_ns == 1_600_000_000_250_000_000
+    assert os.lstat(tmp_path / "layer/dir").st_mtime_ns == 1_600_000_000_500_000_000
