@@ -17,12 +17,8 @@ from __future__ import annotations
 import errno
 import os
 import queue
-import shutil
 import stat
 import threading
-from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 from kakoi.errors import ImageError, LayerEscapeError
 from kakoi.image.digest import HashingReader
@@ -37,6 +33,12 @@ from kakoi.image.tarstream import (
     TarEntry,
     TarReader,
 )
+from kakoi.records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import BinaryIO
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
@@ -48,12 +50,14 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
 
 
-@dataclass
-class UnpackResult:
+class UnpackResult(Record):
     """The uncompressed digest of an unpacked layer and the sum of its regular file sizes."""
 
-    diff_id: str
-    size: int
+    __slots__ = ("diff_id", "size")
+
+    def __init__(self, diff_id: str, size: int):
+        self.diff_id = diff_id
+        self.size = size
 
 
 def compression_of(stream: BinaryIO) -> str:
@@ -392,6 +396,8 @@ class _Extractor:
             if keep_directory:
                 return
             self._forget_directory(path)
+            import shutil
+
             shutil.rmtree(path)
         else:
             os.unlink(path)

@@ -509,11 +509,11 @@ class Store:
 
     def _discard_layer_dir(self, path: Path) -> None:
         # Renaming first means a crash during the removal never leaves a half layer in layers/.
+        if not os.path.lexists(path):
+            return
         import shutil
         from pathlib import Path
 
-        if not path.exists():
-            return
         trash = Path(new_temp_dir(str(self.tmp_dir), "delete-"))
         os.rename(path, trash / "layer")
         shutil.rmtree(trash)
