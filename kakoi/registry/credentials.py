@@ -5,8 +5,13 @@
 other key of the file. Lookups read that file first, then $REGISTRY_AUTH_FILE and
 $XDG_RUNTIME_DIR/containers/auth.json, which use the same "auths" format.
 
-NOTE: credential helpers (credsStore, credHelpers) are not supported; entries stored by a
-helper are not found.
+Credential helpers work as in Docker: a registry named in "credHelpers" ({"HOST": "NAME"}),
+or every registry when "credsStore" is set, has its credentials kept by the program
+docker-credential-NAME (its `get`, `store` and `erase` commands, JSON on stdin and stdout).
+config.json then keeps an empty entry for the registry, as Docker writes it.
+
+NOTE: an identity token (a helper's username "<token>", for OAuth2 refresh tokens) is
+rejected with an error: kakoi's token requests send a username and password only.
 """
 
 from __future__ import annotations
@@ -69,7 +74,13 @@ def lookup(host: str) -> tuple[str, str] | None:
     """Return (username, password) stored for `host`, or None."""
     expected_key = key_for(host)
     for path in auth_file_paths():
-        auths = _read(path).get("auths") or {}
+        data = _read(path)
+        helper = _helper_name(data, expected_key, path == docker_config_path())
+        if helper is not None:
+            found = _helper_get(helper, expected_key, path)
+            if found is not None:
+                return found
+        auths = data.get("auths") or {}
         for key, entry in auths.items():
             if _matches(key, expected_key) and isinstance(entry, dict) and entry.get("auth"):
                 return _decode(entry["auth"], path, key)
@@ -89,12 +100,20 @@ def _decode(value: str, path: str, key: str) -> tuple[str, str]:
 
 
 def store(host: str, username: str, password: str, path: str | None = None) -> str:
-    """Save the credentials of `host` and return the file's path."""
+    """Save the credentials of `host` and return where: the file's path or the helper."""
     path = path or docker_config_path()
     data = _read(path)
     auths = data.setdefault("auths", {})
+    key = key_for(host)
+    helper = _helper_name(data, key, path == docker_config_path())
+    if helper is not None:
+        request = json.dumps({"ServerURL": key, "Username": username, "Secret": password})
+        _run_helper(helper, "store", request, path)
+        auths[key] = {}
+        _write_private(path, data)
+        return f"{_program(helper)} (listed in {path})"
     token = base64.b64encode(f"{username}:{password}".encode()).decode()
-    auths[key_for(host)] = {"auth": token}
+    auths[key] = {"auth": token}
     _write_private(path, data)
     return path
 
@@ -103,13 +122,82 @@ def remove(host: str, path: str | None = None) -> bool:
     """Delete the credentials of `host`; return whether an entry existed."""
     path = path or docker_config_path()
     data = _read(path)
+    erased = False
+    helper = _helper_name(data, key_for(host), path == docker_config_path())
+    if helper is not None:
+        erased = _run_helper(helper, "erase", key_for(host), path) is not None
     auths = data.get("auths") or {}
     removed = [key for key in auths if _matches(key, key_for(host))]
     for key in removed:
         del auths[key]
     if removed:
         _write_private(path, data)
-    return bool(removed)
+    return erased or bool(removed)
+
+
+# Credential helpers
+
+_NOT_FOUND = "credentials not found in native keychain"
+
+
+def _program(name: str) -> str:
+    return f"docker-credential-{name}"
+
+
+def _helper_name(data: dict, key: str, default_allowed: bool) -> str | None:
+    """Return the helper named for `key` in credHelpers, else credsStore where allowed."""
+    helpers = data.get("credHelpers") or {}
+    if isinstance(helpers, dict):
+        for name_key, name in helpers.items():
+            if _matches(name_key, key) and isinstance(name, str) and name:
+                return name
+    default = data.get("credsStore")
+    if default_allowed and isinstance(default, str) and default:
+        return default
+    return None
+
+
+def _helper_get(name: str, key: str, path: str) -> tuple[str, str] | None:
+    output = _run_helper(name, "get", key, path)
+    if output is None:
+        return None
+    try:
+        found = json.loads(output)
+        username, secret = found["Username"], found["Secret"]
+    except (ValueError, KeyError, TypeError):
+        raise RegistryError(f"credential helper {_program(name)} returned invalid JSON for "
+                            f"{key}; check the helper") from None
+    if username == "<token>":
+        raise RegistryError(f"credential helper {_program(name)} has an identity token for "
+                            f"{key}, which kakoi cannot use; run `kakoi login {key}`")
+    if not isinstance(username, str) or not isinstance(secret, str) or not username:
+        return None
+    return username, secret
+
+
+def _run_helper(name: str, command: str, request: str, path: str) -> str | None:
+    """Run `docker-credential-NAME command` with `request` on stdin; None when not found."""
+    import subprocess
+
+    program = _program(name)
+    try:
+        result = subprocess.run([program, command], input=request, capture_output=True,
+                                text=True, timeout=60)
+    except FileNotFoundError:
+        raise RegistryError(f"credential helper {program} not found in PATH; install it or "
+                            f"remove \"{name}\" from credsStore or credHelpers in "
+                            f"{path}") from None
+    except subprocess.TimeoutExpired:
+        raise RegistryError(f"credential helper {program} {command} did not finish in 60 "
+                            "seconds; check the helper") from None
+    if result.returncode == 0:
+        return result.stdout
+    message = (result.stdout.strip() or result.stderr.strip()).splitlines()
+    if message and _NOT_FOUND in message[0]:
+        return None
+    detail = message[0] if message else f"exit status {result.returncode}"
+    raise RegistryError(f"credential helper {program} {command} failed: {detail}; check "
+                        "the helper")
 
 
 def _write_private(path: str, data: dict) -> None:

@@ -17,6 +17,7 @@ import re
 import signal
 import stat
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -445,6 +446,54 @@ def test_login_pull_logout(tls_images, puller):
     logout = puller("logout", tls_images.url)
     assert logout.returncode == 0, logout.stderr
     assert json.loads(puller.docker_config.read_text())["auths"] == {}
+
+
+# A credential helper that keeps its entries in a JSON file, as docker-credential-pass or
+# -secretservice keep them in their stores, which do not run here.
+FILE_HELPER = """\
+import json, os, sys
+path = os.environ["KAKOI_TEST_HELPER_STORE"]
+entries = json.load(open(path)) if os.path.exists(path) else {}
+command, request = sys.argv[1], sys.stdin.read()
+if command == "store":
+    entries[json.loads(request)["ServerURL"]] = json.loads(request)
+elif request in entries and command == "get":
+    print(json.dumps(entries[request]))
+elif request in entries and command == "erase":
+    del entries[request]
+else:
+    print("credentials not found in native keychain")
+    sys.exit(1)
+json.dump(entries, open(path, "w"))
+"""
+
+
+@pytest.mark.root
+@pytest.mark.peer
+def test_login_pull_logout_with_creds_store(tls_images, puller, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    program = bin_dir / "docker-credential-kakoitest"
+    program.write_text(f"#!{sys.executable}\n{FILE_HELPER}")
+    program.chmod(0o755)
+    helper_store = tmp_path / "helper-store.json"
+    puller.env.update(PATH=f"{bin_dir}:{puller.env['PATH']}", KAKOI_TEST_HELPER_STORE=str(helper_store))
+    puller.docker_config.parent.mkdir(parents=True)
+    puller.docker_config.write_text(json.dumps({"credsStore": "kakoitest"}))
+    puller.set_registries({tls_images.url: {"ca_dir": str(tls_images.cert_dir)}})
+
+    login = puller("login", "-u", tls_images.username, "--password-stdin", tls_images.url,
+                   input=tls_images.password + "\n")
+    assert login.returncode == 0, login.stderr
+    assert json.loads(puller.docker_config.read_text())["auths"] == {tls_images.url: {}}
+    assert json.loads(helper_store.read_text())[tls_images.url]["Secret"] == tls_images.password
+
+    pulled = puller("pull", f"{tls_images.url}/busybox:1")
+    assert pulled.returncode == 0, pulled.stderr
+
+    logout = puller("logout", tls_images.url)
+    assert logout.returncode == 0, logout.stderr
+    assert json.loads(helper_store.read_text()) == {}
 
 
 def test_tls_untrusted_certificate(tls_images, puller):

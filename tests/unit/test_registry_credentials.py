@@ -105,3 +105,122 @@ def test_invalid_json(config_dir):
     (config_dir / "config.json").write_text("{")
     with pytest.raises(RegistryError, match="cannot read credentials file"):
         credentials.lookup("r")
+
+
+# --- credential helpers ------------------------------------------------------------------------
+
+# A helper that keeps its entries in the JSON file $KAKOI_TEST_HELPER_STORE, speaking the
+# protocol of Docker's docker-credential-* programs. A stand-in for pass, secretservice and
+# the desktop keychains, which do not run here.
+HELPER = '''\
+import json, os, sys
+store_path = os.environ["KAKOI_TEST_HELPER_STORE"]
+entries = json.load(open(store_path)) if os.path.exists(store_path) else {}
+command, request = sys.argv[1], sys.stdin.read()
+if command == "get":
+    if request not in entries:
+        print("credentials not found in native keychain")
+        sys.exit(1)
+    print(json.dumps(entries[request]))
+elif command == "store":
+    entry = json.loads(request)
+    entries[entry["ServerURL"]] = entry
+elif command == "erase":
+    if entries.pop(request, None) is None:
+        print("credentials not found in native keychain")
+        sys.exit(1)
+else:
+    print("unknown command", file=sys.stderr)
+    sys.exit(2)
+json.dump(entries, open(store_path, "w"))
+'''
+
+
+@pytest.fixture
+def helper(tmp_path, monkeypatch):
+    """Install docker-credential-kakoitest on PATH; return the file where it keeps entries."""
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    program = bin_dir / "docker-credential-kakoitest"
+    program.write_text(f"#!{sys.executable}\n{HELPER}")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    entries = tmp_path / "helper-store.json"
+    monkeypatch.setenv("KAKOI_TEST_HELPER_STORE", str(entries))
+    return entries
+
+
+def write_config(config_dir, data):
+    config_dir.mkdir(exist_ok=True)
+    (config_dir / "config.json").write_text(json.dumps(data))
+
+
+def test_creds_store_keeps_the_password(config_dir, helper):
+    write_config(config_dir, {"credsStore": "kakoitest"})
+
+    where = credentials.store("127.0.0.1:5000", "alice", "secret")
+
+    assert where.startswith("docker-credential-kakoitest")
+    saved = json.loads((config_dir / "config.json").read_text())
+    assert saved == {"credsStore": "kakoitest", "auths": {"127.0.0.1:5000": {}}}
+    assert json.loads(helper.read_text())["127.0.0.1:5000"]["Secret"] == "secret"
+    assert credentials.lookup("127.0.0.1:5000") == ("alice", "secret")
+
+
+def test_cred_helpers_apply_to_their_registry_only(config_dir, helper):
+    write_config(config_dir, {"credHelpers": {"r.test:5000": "kakoitest"}})
+
+    credentials.store("r.test:5000", "bob", "helper-kept")
+    credentials.store("127.0.0.1:5000", "carol", "file-kept")
+
+    saved = json.loads((config_dir / "config.json").read_text())
+    assert saved["auths"]["r.test:5000"] == {}
+    assert "auth" in saved["auths"]["127.0.0.1:5000"]
+    assert credentials.lookup("r.test:5000") == ("bob", "helper-kept")
+    assert credentials.lookup("127.0.0.1:5000") == ("carol", "file-kept")
+
+
+def test_helper_without_entry_falls_back_to_auths(config_dir, helper):
+    token = base64.b64encode(b"dave:from-file").decode()
+    write_config(config_dir, {"credsStore": "kakoitest",
+                              "auths": {"127.0.0.1:5000": {"auth": token}}})
+
+    assert credentials.lookup("127.0.0.1:5000") == ("dave", "from-file")
+    assert credentials.lookup("127.0.0.1:6000") is None
+
+
+def test_logout_erases_from_the_helper(config_dir, helper):
+    write_config(config_dir, {"credsStore": "kakoitest"})
+    credentials.store("127.0.0.1:5000", "alice", "secret")
+
+    assert credentials.remove("127.0.0.1:5000") is True
+
+    assert json.loads(helper.read_text()) == {}
+    assert credentials.lookup("127.0.0.1:5000") is None
+    assert credentials.remove("127.0.0.1:5000") is False
+
+
+def test_missing_helper_is_named(config_dir, helper):
+    write_config(config_dir, {"credsStore": "absent"})
+
+    with pytest.raises(RegistryError, match=r"docker-credential-absent not found in PATH; "
+                                            r"install it or remove \"absent\""):
+        credentials.lookup("127.0.0.1:5000")
+
+
+def test_identity_token_is_rejected(config_dir, helper):
+    write_config(config_dir, {"credsStore": "kakoitest"})
+    helper.write_text(json.dumps({"127.0.0.1:5000": {"Username": "<token>", "Secret": "t"}}))
+
+    with pytest.raises(RegistryError, match="identity token .*kakoi login"):
+        credentials.lookup("127.0.0.1:5000")
+
+
+def test_helper_garbage_is_an_error(config_dir, helper):
+    write_config(config_dir, {"credsStore": "kakoitest"})
+    helper.write_text(json.dumps({"127.0.0.1:5000": "not an object"}))
+
+    with pytest.raises(RegistryError, match="returned invalid JSON"):
+        credentials.lookup("127.0.0.1:5000")
