@@ -477,7 +477,8 @@ def test_login_pull_logout_with_creds_store(tls_images, puller, tmp_path):
     program.write_text(f"#!{sys.executable}\n{FILE_HELPER}")
     program.chmod(0o755)
     helper_store = tmp_path / "helper-store.json"
-    puller.env.update(PATH=f"{bin_dir}:{puller.env['PATH']}", KAKOI_TEST_HELPER_STORE=str(helper_store))
+    puller.env.update(PATH=f"{bin_dir}:{puller.env['PATH']}",
+                      KAKOI_TEST_HELPER_STORE=str(helper_store))
     puller.docker_config.parent.mkdir(parents=True)
     puller.docker_config.write_text(json.dumps({"credsStore": "kakoitest"}))
     puller.set_registries({tls_images.url: {"ca_dir": str(tls_images.cert_dir)}})
