@@ -220,6 +220,8 @@ class _Connection:
         self.sock = sock
         self.key = key
         self.file = sock.makefile("rb", buffering=_READ_SIZE)
+        # Whether any byte of the current response arrived: a reused connection that fails
+        # before one does was closed by the server while idle, so the request is sent again.
         self.received = False
 
     def send(self, data: bytes) -> None:
@@ -497,6 +499,7 @@ class ConnectionPool:
 
         for attempt in (1, 2):
             conn, reused = self._acquire((scheme, host, port, proxy))
+            conn.received = False
             try:
                 conn.send(head)
                 if request.content:

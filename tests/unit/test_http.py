@@ -439,3 +439,21 @@ def _pipe(source: socket.socket, target: socket.socket) -> None:
         target.shutdown(socket.SHUT_WR)
     except OSError:
         pass
+
+
+def test_reused_connection_reset_before_the_response_is_retried(servers, client):
+    # The server reads the second request, then resets the connection without a response, as
+    # a server does that closes an idle connection just as the request arrives.
+    def serve(conn, reader, server):
+        server.read_request(reader)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        if server.connections == 1:
+            server.read_request(reader)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+
+    server = servers(serve)
+    pooled = client()
+
+    assert pooled.get(server.url).read() == b"ok"
+    assert pooled.get(server.url).read() == b"ok"
+    assert server.connections == 2
