@@ -124,8 +124,8 @@ def client():
         return clients[-1]
 
     yield make
-    for made in clients:
-        made.close()
+    for opened in clients:
+        opened.close()
 
 
 def keep_alive(body: bytes, extra: bytes = b""):
