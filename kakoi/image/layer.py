@@ -44,6 +44,7 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
+_OVERLAY_XATTR_PREFIX = "trusted.overlay."
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -302,7 +303,11 @@ class _Extractor:
                                  and not os.stat(self.root).st_mode & stat.S_ISGID)
         # Permission bits that open() gives a new file unchanged.
         self._exact_bits = 0o777 & ~_process_umask()
-        self._directories: list[tuple[str, TarEntry]] = []
+        # Directory entries by path, with the device and inode of the directory made for each:
+        # finish() gives metadata only to that same directory, never to what a later entry
+        # put at its path (a symlink that leads out of the layer, a file). A path given twice
+        # keeps its last entry, as tar does.
+        self._directories: dict[str, tuple[TarEntry, int, int]] = {}
         # Paths that this extraction created or saw as real directories, reached through real
         # directories only, so entries below them skip the per-component checks. Removing or
         # replacing one drops it and everything below it; a path through a symlink never enters.
@@ -312,7 +317,7 @@ class _Extractor:
         name = entry.name
         parts = _clean_name(name, self.what)
         if not parts:
-            self._directories.append((self.root, entry))
+            self._record_directory(self.root, entry)
             return
 
         parent = self._parent_dir(parts, name)
@@ -336,8 +341,36 @@ class _Extractor:
     def finish(self) -> None:
         # Directories get their mode and mtime after their children exist, deepest first,
         # so that creating a child does not change the parent's mtime afterwards.
-        for path, entry in reversed(self._directories):
-            self._apply_metadata(path, entry)
+        for path, (entry, device, inode) in reversed(self._directories.items()):
+            self._apply_directory_metadata(path, entry, device, inode)
+
+    def _record_directory(self, path: str, entry: TarEntry) -> None:
+        status = os.lstat(path)
+        self._directories.pop(path, None)
+        self._directories[path] = (entry, status.st_dev, status.st_ino)
+
+    def _apply_directory_metadata(self, path: str, entry: TarEntry, device: int,
+                                  inode: int) -> None:
+        """Set a directory's metadata through an fd, if the path still leads to it."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags)
+        except OSError as error:
+            if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return  # a later entry replaced it
+            raise
+        try:
+            status = os.fstat(fd)
+            if (status.st_dev, status.st_ino) != (device, inode):
+                return  # another directory, reached through a replaced parent
+            if self.is_root and (entry.uid or entry.gid or not self._created_as_root):
+                os.fchown(fd, entry.uid, entry.gid)
+            os.fchmod(fd, entry.mode)
+            if entry.pax_headers:
+                self._apply_xattrs(fd, entry)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
 
     def _escape(self, name: str, why: str) -> LayerEscapeError:
         return LayerEscapeError(f"layer {self.what}: entry {name!r} {why}; "
@@ -432,7 +465,7 @@ class _Extractor:
                 os.mkdir(path, 0o700)
         if trusted:
             self._known_dirs.add(path)
-        self._directories.append((path, entry))
+        self._record_directory(path, entry)
 
     def _create(self, entry: TarEntry, path: str) -> None:
         """Create an entry that is not a directory or regular file.
@@ -514,6 +547,10 @@ class _Extractor:
             if not key.startswith(_XATTR_PAX_PREFIX):
                 continue
             name = key[len(_XATTR_PAX_PREFIX):]
+            if name.startswith(_OVERLAY_XATTR_PREFIX):
+                # overlayfs reads these (redirect, origin, metacopy) from its layers; only
+                # the opaque marker that whiteout conversion writes may reach it.
+                continue
             data = value.encode("utf-8", "surrogateescape")
             try:
                 if isinstance(target, int):

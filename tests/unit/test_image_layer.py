@@ -177,6 +177,71 @@ def test_root_owned_files_ignore_a_setgid_root(tmp_path):
         assert os.lstat(layer / name).st_gid == 0, name
 
 
+def metadata_of(path):
+    status = os.lstat(path)
+    return stat.S_IMODE(status.st_mode), status.st_uid, status.st_gid, status.st_mtime
+
+
+@pytest.mark.root
+def test_directory_replaced_by_outward_symlink_keeps_metadata_inside(layout):
+    root, outside, canary = layout
+    (outside / "dir").mkdir()
+    before = {path: metadata_of(path) for path in (canary, outside / "dir")}
+    inner = entry("a/dir", mode=0o2777, uid=1000, gid=1000)
+    inner.pax_headers = {"SCHILY.xattr.user.planted": "yes"}
+    data = tar_bytes([
+        entry("d", mode=0o4777, uid=1000, gid=1000),
+        entry("d", tarfile.SYMTYPE, 0o777, linkname=str(canary)),
+        entry("a"), inner,
+        entry("a", tarfile.SYMTYPE, 0o777, linkname=str(outside)),
+    ])
+
+    unpack_bytes(data, root)
+
+    assert {path: metadata_of(path) for path in before} == before
+    assert "user.planted" not in os.listxattr(outside / "dir")
+    assert os.readlink(root / "d") == str(canary)
+
+
+@pytest.mark.parametrize("replacement, check", [
+    (file_entry("d", b"file", 0o600),
+     lambda root: stat.S_IMODE(os.lstat(root / "d").st_mode) == 0o600),
+    (entry("d", tarfile.SYMTYPE, 0o777, linkname="nowhere"),
+     lambda root: os.readlink(root / "d") == "nowhere"),
+    (entry("d", tarfile.SYMTYPE, 0o777, linkname="t"),
+     lambda root: stat.S_IMODE(os.lstat(root / "t").st_mode) == 0o755),
+    (file_entry(".wh.d"),
+     lambda root: stat.S_IMODE(os.lstat(root / "d").st_mode) == 0),
+], ids=["file", "dangling symlink", "symlink to a sibling", "whiteout"])
+def test_directory_replaced_by_a_later_entry(tmp_path, replacement, check):
+    data = tar_bytes([entry("d", mode=0o777), entry("t", mode=0o755), replacement])
+
+    unpack_bytes(data, tmp_path / "layer")
+
+    assert check(tmp_path / "layer")
+
+
+def test_directory_given_twice_keeps_the_last_entry(tmp_path):
+    data = tar_bytes([entry("d", mode=0o700), file_entry("d/f", b"x"), entry("d", mode=0o751)])
+
+    unpack_bytes(data, tmp_path / "layer")
+
+    assert stat.S_IMODE(os.lstat(tmp_path / "layer/d").st_mode) == 0o751
+
+
+@pytest.mark.root
+def test_overlay_xattrs_from_the_layer_are_dropped(tmp_path):
+    redirected = entry("d")
+    redirected.pax_headers = {"SCHILY.xattr.trusted.overlay.redirect": "/etc",
+                              "SCHILY.xattr.user.kept": "yes"}
+
+    unpack_bytes(tar_bytes([redirected]), tmp_path / "layer")
+
+    names = os.listxattr(tmp_path / "layer/d")
+    assert "trusted.overlay.redirect" not in names
+    assert "user.kept" in names
+
+
 def test_later_entry_replaces_earlier(tmp_path):
     data = tar_bytes([file_entry("a", b"old"), entry("a", tarfile.SYMTYPE, 0o777, linkname="x"),
                       file_entry("a", b"new")])
