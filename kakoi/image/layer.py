@@ -157,6 +157,10 @@ def extract(reader: BinaryIO, root: Path | str, what: str) -> int:
         # Base-256 header fields can hold values wider than the C types of chmod and mknod.
         raise ImageError(f"unpacking layer {what} failed: a mode, uid, gid or device number is "
                          f"out of range ({error}); the layer is malformed") from None
+    except ValueError as error:
+        # A pax path, link target or xattr name with a NUL byte, which no system call takes.
+        raise ImageError(f"unpacking layer {what} failed: {error} in an entry's name, link "
+                         "target or xattr; the layer is malformed") from None
     return extractor.size
 
 

@@ -21,6 +21,7 @@ from kakoi.registry import http
 from kakoi.registry import manifest as manifests
 from kakoi.registry.config import RegistrySettings
 from kakoi.registry.errors import ManifestError, NotFoundError, RegistryError
+from kakoi.registry.http import is_number as _is_number
 
 MAX_ATTEMPTS = 4
 BACKOFF_BASE = 0.5
@@ -34,7 +35,7 @@ _USER_AGENT = "kakoi/0.1"
 
 def backoff_delay(attempt: int, retry_after: str | None = None) -> float:
     """Return the wait before retry number `attempt` (1-based), honouring Retry-After seconds."""
-    if retry_after and retry_after.strip().isdigit():
+    if retry_after and _is_number(retry_after.strip()):
         return min(float(retry_after.strip()), BACKOFF_MAX)
     return min(BACKOFF_BASE * (2 ** (attempt - 1)), BACKOFF_MAX)
 
@@ -221,6 +222,10 @@ class RegistryClient:
         for attempt in range(1, attempts + 1):
             try:
                 response = send()
+            except http.ResponseTooLarge:
+                raise RegistryError(f"registry {self.host} sent a response larger than "
+                                    f"{http.MAX_READ_BODY} bytes for {label}; check that it is "
+                                    "an OCI registry") from None
             except http.TransportError as error:
                 if _is_tls_error(error) and not isinstance(error, http.RemoteProtocolError):
                     raise self._tls_error(error) from None
@@ -277,7 +282,7 @@ class RegistryClient:
         auth_retried = False
         redirects = 0
         while True:
-            same_host = urlsplit(url).netloc == urlsplit(self.base).netloc
+            same_host = self._same_origin(url)
             request_headers = dict(headers or {})
             authorization = self.auth.header(scope) if same_host else None
             if authorization:
@@ -302,9 +307,31 @@ class RegistryClient:
                 if redirects > MAX_REDIRECTS:
                     raise RegistryError(f"registry {self.host} redirected {path} more than "
                                         f"{MAX_REDIRECTS} times; check the registry's storage")
-                url = urljoin(url, location)
+                url = self.join(url, location)
                 continue
             return response
+
+    def join(self, base: str, target: str) -> str:
+        """Resolve a Location or path against `base`, as a browser would."""
+        try:
+            return urljoin(base, target)
+        except ValueError:
+            raise RegistryError(f"registry {self.host} gave an invalid URL {target[:200]!r}; "
+                                "check the registry") from None
+
+    def _same_origin(self, url: str) -> bool:
+        """Return True when `url` has the registry's scheme, host and port.
+
+        Credentials go only there: never to another host, and never over plain HTTP after
+        the registry spoke HTTPS.
+        """
+        try:
+            target = urlsplit(url)
+        except ValueError:
+            raise RegistryError(f"registry {self.host} gave an invalid URL {url[:200]!r}; "
+                                "check the registry") from None
+        base = urlsplit(self.base)
+        return (target.scheme, target.netloc) == (base.scheme, base.netloc)
 
     def request(self, method: str, target: str, scope, headers: dict | None = None,
                 content: bytes | None = None, attempts: int | None = None) -> http.Response:
@@ -317,8 +344,8 @@ class RegistryClient:
         scopes, which the token request sends as repeated scope parameters.
         """
         self.ping()
-        url = urljoin(self.base + "/", target)
-        same_host = urlsplit(url).netloc == urlsplit(self.base).netloc
+        url = self.join(self.base + "/", target)
+        same_host = self._same_origin(url)
         client = self._client(self.verify if same_host else True)
         for auth_try in range(2):
             request_headers = dict(headers or {})
@@ -363,7 +390,7 @@ class RegistryClient:
             self.check_status(response, f"{repository}:{reference}" if ":" not in reference
                               else f"{repository}@{reference}")
             length = response.headers.get("Content-Length")
-            manifests.check_size(int(length) if length and length.isdigit() else None,
+            manifests.check_size(int(length) if length and _is_number(length) else None,
                                  "manifest")
             body = bytearray()
             for chunk in response.iter_bytes():

@@ -59,6 +59,9 @@ def _read(path: str) -> dict:
                             "it") from None
     if not isinstance(data, dict):
         raise RegistryError(f"invalid credentials file {path}: expected a JSON object")
+    if not isinstance(data.get("auths", {}), dict):
+        raise RegistryError(f"invalid credentials file {path}: \"auths\" must be an object; "
+                            "fix or remove it")
     return data
 
 

@@ -6,9 +6,10 @@ cookies, no content coding. This module keeps idle connections per host for reus
 blobs of an image come from one registry), frames bodies by Content-Length or chunked
 encoding, and streams them to the caller.
 
-Proxies come from the environment as curl and Go programs read them: http_proxy,
-https_proxy, all_proxy (lowercase first, then uppercase) and no_proxy. Like Docker and
-Podman, a loopback address never goes through a proxy. Only http:// proxies are supported;
+Proxies come from the environment as Go programs (Docker, Podman) read them: HTTP_PROXY,
+HTTPS_PROXY and NO_PROXY, uppercase first, then lowercase; ALL_PROXY, which curl reads, is
+the fallback for both schemes. Like Docker and Podman, a loopback address never goes through
+a proxy. Only http:// proxies are supported;
 HTTPS goes through them with CONNECT.
 """
 
@@ -25,6 +26,10 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 from kakoi import jsontext
 
 _MAX_LINE = 65536
+# Responses read whole (pings, tokens, upload answers, errors) are small; a server that sends
+# more is broken or hostile, and must not fill the memory.
+MAX_READ_BODY = 4 << 20
+_MAX_INTERIM = 20
 _MAX_HEADERS = 200
 _MAX_IDLE_PER_HOST = 8
 _READ_SIZE = 65536
@@ -34,6 +39,11 @@ _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: 
             403: "Forbidden", 404: "Not Found", 416: "Range Not Satisfiable",
             429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
             503: "Service Unavailable"}
+
+
+def is_number(text: str) -> bool:
+    """Return True for ASCII digits only: str.isdigit also accepts "²", which int() rejects."""
+    return text.isascii() and text.isdigit()
 
 
 class TransportError(Exception):
@@ -58,6 +68,10 @@ class RemoteProtocolError(TransportError):
 
 class InvalidProxy(ValueError):
     """A proxy variable in the environment cannot be used."""
+
+
+class ResponseTooLarge(Exception):
+    """A response read whole (not streamed) is larger than the limit for such responses."""
 
 
 class URL(str):
@@ -193,9 +207,17 @@ class Response:
     # Nothing decodes a content coding here (none is asked for), so raw bytes are the bytes.
     iter_raw = iter_bytes
 
-    def read(self) -> bytes:
+    def read(self, limit: int | None = None) -> bytes:
+        """Return the whole body; ResponseTooLarge when it exceeds `limit` bytes."""
         if self._content is None:
-            self._content = b"".join(self.iter_bytes(1 << 20))
+            chunks, size = [], 0
+            for chunk in self.iter_bytes(1 << 20):
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    self._body.close()
+                    raise ResponseTooLarge(f"the response is larger than {limit} bytes")
+                chunks.append(chunk)
+            self._content = b"".join(chunks)
             self._body.close()
         return self._content
 
@@ -308,7 +330,9 @@ class _NetworkBody:
             raise
 
     def _read_length(self, limit: int) -> bytes:
-        data = self._conn.read(min(limit, self._remaining))
+        # What has arrived, not a full `limit`: a server that stalls mid-body then times out
+        # after the caller has stored the bytes before the stall, so a resume starts there.
+        data = self._conn.read_some(min(limit, self._remaining))
         if not data:
             raise RemoteProtocolError(f"the server closed the connection {self._remaining} "
                                       "bytes before the end of the body")
@@ -377,7 +401,10 @@ class _Proxy:
     def __init__(self, value: str, variable: str):
         if "://" not in value:
             value = "http://" + value
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError as error:
+            raise InvalidProxy(f"{variable}={value}: {error}; give http://host:port") from None
         if parts.scheme != "http":
             raise InvalidProxy(f"{variable}={value}: the proxy scheme {parts.scheme} is not "
                                "supported; give an http:// proxy")
@@ -450,10 +477,10 @@ class ProxySettings:
 def _split_port(entry: str) -> tuple[str, int | None]:
     if entry.startswith("["):
         address, _, rest = entry[1:].partition("]")
-        return address, int(rest[1:]) if rest[1:].isdigit() else None
+        return address, int(rest[1:]) if is_number(rest[1:]) else None
     if entry.count(":") == 1:
         name, _, port = entry.partition(":")
-        return name, int(port) if port.isdigit() else None
+        return name, int(port) if is_number(port) else None
     return entry, None
 
 
@@ -470,7 +497,7 @@ def _is_loopback(host: str) -> bool:
     if host in ("localhost", "::1"):
         return True
     parts = host.split(".")
-    return len(parts) == 4 and parts[0] == "127" and all(part.isdigit() for part in parts)
+    return len(parts) == 4 and parts[0] == "127" and all(is_number(part) for part in parts)
 
 
 class ConnectionPool:
@@ -576,7 +603,10 @@ class ConnectionPool:
 
 def _address(url: str) -> tuple[str, str, int, str, str]:
     """Return scheme, host, port, request target and Host header value of an absolute URL."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:
+        raise ConnectError(f"cannot send a request to {url[:200]!r}: {error}") from None
     if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise ConnectError(f"cannot send a request to {url}: only http and https URLs are "
                            "supported")
@@ -605,13 +635,13 @@ def _request_head(request: Request, target: str, authority: str, proxy: _Proxy |
 
 def _read_head(conn: _Connection) -> tuple[int, str, Headers, bool]:
     """Read the status line and headers, skipping interim 1xx responses."""
-    while True:
+    for _ in range(_MAX_INTERIM):
         line = conn.readline()
         if not line:
             raise RemoteProtocolError("the server closed the connection without a response")
         version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
         code, _, reason = rest.partition(" ")
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+        if not version.startswith("HTTP/1.") or len(code) != 3 or not is_number(code):
             raise RemoteProtocolError(f"invalid status line {line[:80]!r}")
         headers = _read_headers(conn)
         status = int(code)
@@ -620,6 +650,7 @@ def _read_head(conn: _Connection) -> tuple[int, str, Headers, bool]:
         keep_alive = version == "HTTP/1.1" and \
             "close" not in headers.get("Connection", "").lower()
         return status, reason, headers, keep_alive
+    raise RemoteProtocolError(f"more than {_MAX_INTERIM} interim 1xx responses")
 
 
 def _read_headers(conn: _Connection) -> Headers:
@@ -646,7 +677,7 @@ def _body_for(pool: ConnectionPool, conn: _Connection, method: str, status: int,
     length = headers.get("Content-Length")
     if length is None:
         return _NetworkBody(pool, conn, None, False, False)
-    if not length.isdigit():
+    if not is_number(length):
         conn.close()
         raise RemoteProtocolError(f"invalid Content-Length {length[:40]!r}")
     return _NetworkBody(pool, conn, int(length), False, keep_alive)
@@ -691,7 +722,7 @@ class Client:
             response.request = request
         if not stream:
             try:
-                response.read()
+                response.read(MAX_READ_BODY)
             except BaseException:
                 response.close()
                 raise

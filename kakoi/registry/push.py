@@ -21,6 +21,7 @@ from kakoi.registry import progress as progresses
 from kakoi.registry import workers
 from kakoi.registry.client import RegistryClient, backoff_delay
 from kakoi.registry.errors import RegistryError
+from kakoi.registry.http import is_number
 
 # Blobs larger than this go up in PATCH chunks of this size, each held in memory once.
 CHUNK_SIZE = 8 << 20
@@ -203,7 +204,7 @@ class BlobUpload:
 
     def _apply_min_chunk(self, response) -> None:
         minimum = response.headers.get("OCI-Chunk-Min-Length", "")
-        if minimum.isdigit() and int(minimum) > self.chunk_size:
+        if is_number(minimum) and int(minimum) > self.chunk_size:
             self.chunk_size = int(minimum)
 
     def _send_chunks(self, location: str) -> str:
@@ -274,9 +275,7 @@ class BlobUpload:
     def _location(self, response, current: str | None = None) -> str:
         location = response.headers.get("Location")
         if location:
-            from urllib.parse import urljoin
-
-            return urljoin(str(response.request.url), location)
+            return self.client.join(str(response.request.url), location)
         if current is not None:
             return current
         raise RegistryError(f"registry {self.client.host} opened an upload for {self.label} "
@@ -298,7 +297,7 @@ def _range_end(header: str | None) -> int | None:
         return None
     text = header.strip().removeprefix("bytes=")
     start, _, end = text.partition("-")
-    return int(end) if start.isdigit() and end.isdigit() else None
+    return int(end) if is_number(start) and is_number(end) else None
 
 
 # The push

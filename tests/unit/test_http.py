@@ -457,3 +457,47 @@ def test_reused_connection_reset_before_the_response_is_retried(servers, client)
     assert pooled.get(server.url).read() == b"ok"
     assert pooled.get(server.url).read() == b"ok"
     assert server.connections == 2
+
+
+@pytest.mark.parametrize("answer, message", [
+    (b"HTTP/1.1 100 Continue\r\n\r\n" * 30, "more than 20 interim"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", "invalid Content-Length"),
+])
+def test_more_malformed_responses(servers, client, answer, message):
+    def serve(conn, reader, server):
+        server.read_request(reader)
+        conn.sendall(answer)
+
+    server = servers(serve)
+
+    with pytest.raises(http.RemoteProtocolError, match=message):
+        client().get(server.url).read()
+
+
+def test_invalid_url_is_a_connect_error(client):
+    with pytest.raises(http.ConnectError, match="Invalid IPv6 URL"):
+        client().get("http://[::1/v2/")
+
+
+def test_stalled_body_gives_what_arrived_before_the_timeout(servers, client):
+    release = threading.Event()
+
+    def serve(conn, reader, server):
+        server.read_request(reader)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+        release.wait(10)
+
+    server = servers(serve)
+    try:
+        response = client(read_timeout=0.3).send(http.Request("GET", server.url), stream=True)
+        chunks = response.iter_bytes(65536)
+        assert next(chunks) == b"x" * 40
+        with pytest.raises(http.Timeout):
+            next(chunks)
+    finally:
+        release.set()
+
+
+def test_unparsable_proxy_is_invalid():
+    with pytest.raises(http.InvalidProxy, match="Invalid IPv6 URL"):
+        http.ProxySettings({"HTTPS_PROXY": "http://[::1"})

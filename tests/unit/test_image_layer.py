@@ -454,3 +454,13 @@ def test_unpack_fractional_mtime_is_exact(tmp_path):
 
     assert os.lstat(tmp_path / "layer/fraction").st_mtime_ns == 1_600_000_000_250_000_000
     assert os.lstat(tmp_path / "layer/dir").st_mtime_ns == 1_600_000_000_500_000_000
+
+
+@pytest.mark.parametrize("field, value", [("path", "a\0b"), ("linkpath", "tar\0get"),
+                                          ("SCHILY.xattr.user.a\0b", "x")])
+def test_nul_byte_in_a_pax_record_is_image_error(tmp_path, field, value):
+    link = entry("link", tarfile.SYMTYPE, 0o777, linkname="target")
+    link.pax_headers = {field: value}
+
+    with pytest.raises(ImageError, match="embedded null byte .* the layer is malformed"):
+        unpack_bytes(tar_bytes([link]), tmp_path / "layer")

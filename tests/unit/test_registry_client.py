@@ -214,3 +214,41 @@ def test_accept_header_lists_types():
     for media_type in (manifest.MEDIA_OCI_INDEX, manifest.MEDIA_OCI_MANIFEST,
                        manifest.MEDIA_DOCKER_LIST, manifest.MEDIA_DOCKER_MANIFEST):
         assert media_type in accept
+
+
+def test_redirect_to_plain_http_of_the_same_host_drops_authorization():
+    blob_path = "/v2/a/blobs/sha256:" + "b" * 64
+    basic = {"WWW-Authenticate": 'Basic realm="r"'}
+    fake = Fake({"/v2/": [Response(401, headers=basic)],
+                 blob_path: [Response(307, headers={"Location": "http://r.test/x"})],
+                 "/x": [Response(200, content=b"data")]})
+
+    response = fake.client(credentials=("u", "p")).open_blob("a", "sha256:" + "b" * 64)
+
+    assert response.read() == b"data"
+    assert fake.requests[-1].url.scheme == "http"
+    assert "Authorization" not in fake.requests[-1].headers
+
+
+def test_invalid_redirect_url_is_a_registry_error():
+    blob_path = "/v2/a/blobs/sha256:" + "b" * 64
+    fake = Fake({"/v2/": [Response(200)],
+                 blob_path: [Response(307, headers={"Location": "http://[::1/x"})]})
+
+    with pytest.raises(RegistryError, match="gave an invalid URL"):
+        fake.client().open_blob("a", "sha256:" + "b" * 64)
+
+
+def test_endless_ping_body_is_refused():
+    def endless():
+        while True:
+            yield b"x" * 65536
+
+    fake = Fake({"/v2/": [lambda request: Response(200, stream=endless())]})
+
+    with pytest.raises(RegistryError, match="larger than 4194304 bytes for https://r.test/v2/"):
+        fake.client().ping()
+
+
+def test_retry_after_in_other_digits_is_ignored():
+    assert backoff_delay(2, "\u00b3") == 1.0

@@ -224,3 +224,10 @@ def test_helper_garbage_is_an_error(config_dir, helper):
 
     with pytest.raises(RegistryError, match="returned invalid JSON"):
         credentials.lookup("127.0.0.1:5000")
+
+
+def test_auths_that_are_not_an_object(config_dir):
+    write_config(config_dir, {"auths": [1, 2]})
+
+    with pytest.raises(RegistryError, match=r"\"auths\" must be an object"):
+        credentials.lookup("127.0.0.1:5000")
