@@ -433,9 +433,9 @@ class _Extractor:
             if keep_directory:
                 return
             self._forget_directory(path)
-            import shutil
+            from kakoi.kernel.tree import remove_tree
 
-            shutil.rmtree(path)
+            remove_tree(path)
         else:
             os.unlink(path)
 

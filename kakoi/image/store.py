@@ -471,6 +471,12 @@ class Store:
         except FileNotFoundError:
             return
         for name in names:
+            if name.startswith("delete-"):
+                # Trash of a removal that was killed or failed: nothing uses it.
+                from kakoi.kernel.tree import remove_tree
+
+                remove_tree(os.path.join(self.tmp_dir, name))
+                continue
             if not name.startswith("layer-") or name.endswith(".lock"):
                 continue
             lock_path = os.path.join(self.tmp_dir, name + ".lock")
@@ -511,12 +517,11 @@ class Store:
         # Renaming first means a crash during the removal never leaves a half layer in layers/.
         if not os.path.lexists(path):
             return
-        import shutil
-        from pathlib import Path
+        from kakoi.kernel.tree import remove_tree
 
-        trash = Path(new_temp_dir(str(self.tmp_dir), "delete-"))
-        os.rename(path, trash / "layer")
-        shutil.rmtree(trash)
+        trash = new_temp_dir(str(self.tmp_dir), "delete-")
+        os.rename(path, os.path.join(trash, "layer"))
+        remove_tree(trash)
 
     def _image_size(self, layers: list[LayerRecord], chain_ids: list[str]) -> int:
         """Return the unpacked size of the layers, counting a layer not yet unpacked by its blob.
