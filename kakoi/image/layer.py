@@ -91,7 +91,7 @@ def open_uncompressed(stream: BinaryIO, what: str) -> BinaryIO:
         try:
             import zstandard
         except ImportError:
-            raise ImageError(f"zstd-compressed layer {what} needs the zstandard package; "
+            raise ImageError(f"zstd-compressed {_layer(what)} needs the zstandard package; "
                              "install kakoi's dependencies") from None
         reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
         return _DecompressedReader(reader, kind, what)
@@ -152,14 +152,14 @@ def extract(reader: BinaryIO, root: Path | str, what: str) -> int:
     except OSError as error:
         if isinstance(error, ImageError):
             raise
-        raise ImageError(f"unpacking layer {what} failed: {error}") from None
+        raise ImageError(f"unpacking {_layer(what)} failed: {error}") from None
     except OverflowError as error:
         # Base-256 header fields can hold values wider than the C types of chmod and mknod.
-        raise ImageError(f"unpacking layer {what} failed: a mode, uid, gid or device number is "
+        raise ImageError(f"unpacking {_layer(what)} failed: a mode, uid, gid or device number is "
                          f"out of range ({error}); the layer is malformed") from None
     except ValueError as error:
         # A pax path, link target or xattr name with a NUL byte, which no system call takes.
-        raise ImageError(f"unpacking layer {what} failed: {error} in an entry's name, link "
+        raise ImageError(f"unpacking {_layer(what)} failed: {error} in an entry's name, link "
                          "target or xattr; the layer is malformed") from None
     return extractor.size
 
@@ -258,6 +258,11 @@ class StreamExtractor:
         self._thread.join()
 
 
+def _layer(what: str) -> str:
+    """Return "layer X" for error messages, whether or not the caller's label has "layer"."""
+    return "layer " + what.removeprefix("layer ")
+
+
 def _clean_name(name: str, what: str, link_of: str | None = None) -> list[str]:
     """Split an entry name into components, resolving `.` and `..` without leaving the root.
 
@@ -271,7 +276,7 @@ def _clean_name(name: str, what: str, link_of: str | None = None) -> list[str]:
     subject = f"entry {name!r}" if link_of is None else (
         f"entry {link_of!r} with hardlink target {name!r}")
     if name.startswith("/"):
-        raise LayerEscapeError(f"layer {what}: {subject} is an absolute path; "
+        raise LayerEscapeError(f"{_layer(what)}: {subject} is an absolute path; "
                                "the layer is unsafe and was rejected")
     clean: list[str] = []
     for part in parts:
@@ -279,7 +284,7 @@ def _clean_name(name: str, what: str, link_of: str | None = None) -> list[str]:
             continue
         if part == "..":
             if not clean:
-                raise LayerEscapeError(f"layer {what}: {subject} climbs above the layer root; "
+                raise LayerEscapeError(f"{_layer(what)}: {subject} climbs above the layer root; "
                                        "the layer is unsafe and was rejected")
             clean.pop()
             continue
@@ -307,9 +312,9 @@ class _Extractor:
                                  and not os.stat(self.root).st_mode & stat.S_ISGID)
         # Permission bits that open() gives a new file unchanged.
         self._exact_bits = 0o777 & ~_process_umask()
-        # Directory entries by path, with the device and inode of the directory made for each:
+        # Directory entries by path, with the device and inode of the directory made for each.
         # finish() gives metadata only to that same directory, never to what a later entry
-        # put at its path (a symlink that leads out of the layer, a file). A path given twice
+        # put at its path, such as a symlink that leads out of the layer. A path given twice
         # keeps its last entry, as tar does.
         self._directories: dict[str, tuple[TarEntry, int, int]] = {}
         # Paths that this extraction created or saw as real directories, reached through real
@@ -377,7 +382,7 @@ class _Extractor:
             os.close(fd)
 
     def _escape(self, name: str, why: str) -> LayerEscapeError:
-        return LayerEscapeError(f"layer {self.what}: entry {name!r} {why}; "
+        return LayerEscapeError(f"{_layer(self.what)}: entry {name!r} {why}; "
                                 "the layer is unsafe and was rejected")
 
     def _parent_dir(self, parts: list[str], name: str, create: bool = True) -> str:
@@ -410,7 +415,7 @@ class _Extractor:
                 self._check_inside(current, name)
                 trusted = False
             elif not stat.S_ISDIR(mode):
-                raise ImageError(f"layer {self.what}: entry {name!r} has a parent that is not "
+                raise ImageError(f"{_layer(self.what)}: entry {name!r} has a parent that is not "
                                  "a directory; the layer is malformed")
             elif trusted:
                 self._known_dirs.add(current)
@@ -421,7 +426,7 @@ class _Extractor:
         if real != self.real_root and not real.startswith(self.real_root + os.sep):
             raise self._escape(name, "is written through a symlink that leads outside the layer")
         if not os.path.isdir(real):
-            raise ImageError(f"layer {self.what}: entry {name!r} has a parent symlink that is "
+            raise ImageError(f"{_layer(self.what)}: entry {name!r} has a parent symlink that is "
                              "not a directory; the layer is malformed")
 
     def _remove_existing(self, path: str, keep_directory: bool) -> None:
@@ -488,7 +493,7 @@ class _Extractor:
             file_type = stat.S_IFCHR if kind == CHARACTER_DEVICE else stat.S_IFBLK
             os.mknod(path, file_type | 0o600, os.makedev(entry.devmajor, entry.devminor))
         else:
-            raise ImageError(f"layer {self.what}: entry {entry.name!r} has unsupported tar "
+            raise ImageError(f"{_layer(self.what)}: entry {entry.name!r} has unsupported tar "
                              f"type {kind!r}")
         self._apply_metadata(path, entry)
 
@@ -564,7 +569,7 @@ class _Extractor:
             except OSError as error:
                 if error.errno in (errno.ENOTSUP, errno.EPERM) and entry.type == SYMLINK:
                     continue
-                raise ImageError(f"layer {self.what}: setting xattr {name} on {entry.name!r} "
+                raise ImageError(f"{_layer(self.what)}: setting xattr {name} on {entry.name!r} "
                                  f"failed: {error.strerror}") from None
 
 

@@ -436,7 +436,7 @@ class TarReader:
                           "kakoi does not extract; rebuild the layer without sparse files")
 
     def _error(self, problem: str) -> ImageError:
-        return ImageError(f"invalid layer tar {self.what}: {problem}; "
+        return ImageError(f"invalid layer tar {self.what.removeprefix('layer ')}: {problem}; "
                           "the archive may be damaged")
 
 

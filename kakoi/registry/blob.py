@@ -161,16 +161,21 @@ class BlobDownload:
             self._report("exists")
             return None
         path = partial_path(self.tmp_dir, self.digest)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open_locked(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             # Another pull may have finished this blob while this one waited for the lock.
             if os.path.exists(self.blob_path):
                 if os.fstat(fd).st_size == 0:
                     os.unlink(path)
                 self._report("exists")
                 return None
-            return self._download(fd, path)
+            try:
+                return self._download(fd, path)
+            except BaseException:
+                # An empty partial file gives the next pull nothing to resume from.
+                if os.fstat(fd).st_size == 0:
+                    _unlink_quietly(path)
+                raise
         finally:
             os.close(fd)
 
@@ -276,6 +281,33 @@ class BlobDownload:
 
 class _ShortRead(Exception):
     """The response ended before the blob did; the download resumes from where it stopped."""
+
+
+def _open_locked(path: str) -> int:
+    """Open the partial file and lock it; return the fd once it is the file at `path`.
+
+    The pull that held the lock may have removed the file meanwhile (an empty one): the
+    lock of a removed file guards nothing, so the file is opened again.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        opened = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev,
+                                                                      opened.st_ino):
+            return fd
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _fsync_dir(path: str) -> None:

@@ -166,3 +166,12 @@ def test_decoder_rejects_bad_gzip():
     decoder = LayerDecoder("gzip")
     with pytest.raises(DigestMismatchError, match="invalid gzip data"):
         decoder.feed(b"\x1f\x8b\x08\x00garbage-garbage-garbage")
+
+
+def test_failed_download_leaves_no_empty_partial_file(dirs):
+    server = BlobServer(GZIPPED, cut=[0, 0])
+
+    with pytest.raises(RegistryError, match="truncated"):
+        download(dirs, server, GZIPPED, attempts=2)
+
+    assert os.listdir(dirs / "tmp") == []
