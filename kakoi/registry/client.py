@@ -81,7 +81,7 @@ def _load_system_cas(context) -> None:
     that speaks HTTPS or only tries it. A hashed CA directory (Debian's /etc/ssl/certs) is
     instead searched by OpenSSL for the one issuer that a handshake needs. SSL_CERT_FILE and
     SSL_CERT_DIR are honoured as OpenSSL honours them. Without any (no ca-certificates
-    package), verification fails with the error that tells where to put a CA.
+    package), verification fails with an error that names where to put a CA.
     """
     import ssl
 
@@ -233,6 +233,9 @@ class RegistryClient:
                 # only delays the error (by 3.5 s), as a wrong port is the usual cause.
                 if self.base is None and isinstance(error.__cause__, ConnectionRefusedError):
                     raise self._connection_error(label, error, attempt) from None
+                # A proxy that rejects the tunnel responds the same way to every attempt.
+                if isinstance(error, http.ProxyError):
+                    raise self._connection_error(label, error, attempt) from None
                 if attempt == attempts:
                     raise self._connection_error(label, error, attempts) from None
                 delay = backoff_delay(attempt)
@@ -261,12 +264,24 @@ class RegistryClient:
         return failure
 
     def _connection_error(self, label: str, error: Exception, attempts: int) -> RegistryError:
-        kind = type(error).__name__
-        detail = str(error) or kind
+        """Describe a request that got no complete response; `transport` marks the error."""
+        detail = str(error) or type(error).__name__
         tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-        return RegistryError(f"cannot reach registry {self.host} ({label}): {detail} after "
-                             f"{tries}; check that the registry runs and that the address "
-                             "is right")
+        if isinstance(error, http.ProxyError):
+            message = (f"cannot reach registry {self.host} through the proxy: {detail}; check "
+                       "HTTPS_PROXY, HTTP_PROXY and NO_PROXY")
+        elif isinstance(error, http.RemoteProtocolError):
+            message = (f"registry {self.host} sent an invalid response to {label}: {detail} "
+                       f"({tries}); check that it is an OCI registry")
+        elif isinstance(error, http.Timeout):
+            message = (f"registry {self.host} did not respond to {label} in time: {detail} "
+                       f"({tries}); check the registry and the network")
+        else:
+            message = (f"cannot reach registry {self.host} ({label}): {detail} after {tries}; "
+                       "check that the registry runs and that the address is right")
+        failure = RegistryError(message)
+        failure.transport = True
+        return failure
 
     # Requests with authentication and redirects
 
@@ -368,6 +383,7 @@ class RegistryClient:
         client = self._client(verify)
         response = self._with_retries(
             lambda: client.get(realm, params=params, headers=headers), realm)
+        response = self._follow_token_redirects(response, realm, headers)
         if response.status_code in (401, 403):
             raise auths.rejected(self.host, self.credentials)
         if response.status_code != 200:
@@ -378,6 +394,21 @@ class RegistryClient:
         except ValueError:
             raise RegistryError(f"token server {realm} returned invalid JSON; check the "
                                 "registry's auth configuration") from None
+
+    def _follow_token_redirects(self, response: http.Response, realm: str,
+                                headers: dict) -> http.Response:
+        """Follow the token server's redirects; the credentials go to its own origin only."""
+        realm_origin = urlsplit(realm)[:2]
+        for _ in range(MAX_REDIRECTS):
+            if response.status_code not in _REDIRECTS or "Location" not in response.headers:
+                return response
+            url = self.join(str(response.request.url), response.headers["Location"])
+            same_origin = urlsplit(url)[:2] == realm_origin
+            client = self._client(self.verify if same_origin else True)
+            request_headers = headers if same_origin else {}
+            response = self._with_retries(lambda: client.get(url, headers=request_headers), url)
+        raise RegistryError(f"token server {realm} redirected more than {MAX_REDIRECTS} times; "
+                            "check the registry's auth configuration")
 
     # Distribution API
 

@@ -26,8 +26,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 from kakoi import jsontext
 
 _MAX_LINE = 65536
-# Responses read whole (pings, tokens, upload answers, errors) are small; a server that sends
-# more is broken or hostile, and must not fill the memory.
+# Responses read whole (pings, tokens, upload responses, errors) are small. A server that
+# sends more is broken or hostile, and must not fill the memory.
 MAX_READ_BODY = 4 << 20
 _MAX_INTERIM = 20
 _MAX_HEADERS = 200
@@ -52,6 +52,10 @@ class TransportError(Exception):
 
 class ConnectError(TransportError):
     """The connection (or its TLS handshake, or the proxy's tunnel) could not be set up."""
+
+
+class ProxyError(ConnectError):
+    """The proxy cannot be reached, or it refused the tunnel to the registry."""
 
 
 class ReadError(TransportError):
@@ -579,7 +583,8 @@ class ConnectionPool:
         except socket.timeout:
             raise Timeout(f"connecting to {where} timed out") from None
         except OSError as error:
-            raise ConnectError(f"connecting to {where} failed: {error}") from error
+            failure = ProxyError if proxy else ConnectError
+            raise failure(f"connecting to {where} failed: {error}") from error
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if proxy is not None and scheme == "https":
@@ -696,8 +701,8 @@ def _tunnel(sock: socket.socket, host: str, port: int, proxy: _Proxy) -> None:
     status, reason, _, _ = _read_head(conn)
     conn.file.close()
     if status != 200:
-        raise ConnectError(f"proxy {proxy} ({proxy.variable}) responded {status} {reason} to "
-                           f"CONNECT {authority}; check the proxy settings")
+        raise ProxyError(f"proxy {proxy} ({proxy.variable}) responded {status} {reason} to "
+                         f"CONNECT {authority}")
 
 
 class Client:

@@ -259,7 +259,7 @@ class BlobUpload:
                                            f"{quote(self.digest)}", self.scope, headers, data,
                                            attempts=1)
         except RegistryError as error:
-            if getattr(error, "certificate", False) or "cannot reach" not in str(error):
+            if getattr(error, "certificate", False) or not getattr(error, "transport", False):
                 raise
             raise _Retry(str(error)) from None
         if response.status_code >= 500:

@@ -12,6 +12,7 @@ from kakoi.registry.client import RegistryClient, backoff_delay
 from kakoi.registry.config import RegistrySettings
 from kakoi.registry.errors import (AuthenticationError, ManifestError, NotFoundError,
                                    RegistryError)
+from kakoi.registry.http import ProxyError, RemoteProtocolError
 
 from fake_http import ConnectError, FakeTransport, Response
 
@@ -252,3 +253,39 @@ def test_endless_ping_body_is_refused():
 
 def test_retry_after_in_other_digits_is_ignored():
     assert backoff_delay(2, "\u00b3") == 1.0
+
+
+def test_invalid_response_is_named_as_such():
+    fake = Fake({"/v2/": [RemoteProtocolError("invalid status line b'SSH-2.0'")]})
+
+    with pytest.raises(RegistryError, match=r"registry r.test sent an invalid response to "
+                                            r"https://r.test/v2/: invalid status line .* "
+                                            r"\(4 attempts\); check that it is an OCI registry"):
+        fake.client().ping()
+
+
+def test_proxy_refusing_the_tunnel_is_not_retried():
+    fake = Fake({"/v2/": [ProxyError("proxy p.test:3128 (HTTPS_PROXY) responded 407")]})
+
+    with pytest.raises(RegistryError, match=r"through the proxy: proxy p.test:3128 .* 407; "
+                                            r"check HTTPS_PROXY, HTTP_PROXY and NO_PROXY"):
+        fake.client().ping()
+    assert fake.sleeps == []
+
+
+def test_token_server_redirect_is_followed_without_credentials_elsewhere():
+    tokens = []
+
+    def manifest_route(request):
+        if request.headers.get("Authorization") != "Bearer tok1":
+            return Response(401, headers=BEARER)
+        return ok_manifest()
+
+    moved = Response(302, headers={"Location": "https://tokens.test/issue?scope=x"})
+    fake = Fake({"/v2/": [Response(401, headers=BEARER)], "/token": [moved],
+                 "/issue": [token_route(tokens)], "/v2/a/manifests/t": [manifest_route]})
+
+    fake.client(credentials=("u", "p")).get_manifest("a", "t")
+
+    assert tokens[0].url.host == "tokens.test"
+    assert "Authorization" not in tokens[0].headers
