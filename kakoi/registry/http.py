@@ -271,16 +271,17 @@ class _Connection:
         return line
 
     def read(self, size: int) -> bytes:
-        try:
-            return self.file.read(size)
-        except socket.timeout:
-            raise Timeout("timed out reading the response body") from None
-        except OSError as error:
-            raise ReadError(f"reading the response body failed: {error}") from error
+        """Return `size` bytes of the body, fewer only where the server closed."""
+        return self._read_body(self.file.read, size)
 
     def read_some(self, size: int) -> bytes:
+        """Return what has arrived of the body, at most `size` bytes, waiting for some."""
+        return self._read_body(self.file.read1, size)
+
+    @staticmethod
+    def _read_body(read, size: int) -> bytes:
         try:
-            return self.file.read1(size)
+            return read(size)
         except socket.timeout:
             raise Timeout("timed out reading the response body") from None
         except OSError as error:
