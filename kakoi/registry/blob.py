@@ -188,6 +188,8 @@ class BlobDownload:
             try:
                 self._fetch(fd, decoder)
             except (TransportError, _ShortRead) as error:
+                if self.client.aborted:
+                    raise
                 received = os.fstat(fd).st_size
                 if attempt == self.client.max_attempts:
                     break

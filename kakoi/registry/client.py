@@ -137,11 +137,18 @@ class RegistryClient:
         self.base: str | None = None
         self.verify = True
         self.auth = auths.Authenticator(host, credentials, self._fetch_token, clock)
+        self.aborted = False
 
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+
+    def abort(self) -> None:
+        """Stop every transfer of this client at once (Ctrl-C): no retry, no wait."""
+        self.aborted = True
+        for client in list(self._clients.values()):
+            client.abort()
 
     def _client(self, verify: bool) -> http.Client:
         with self._lock:
@@ -227,6 +234,8 @@ class RegistryClient:
                                     f"{http.MAX_READ_BODY} bytes for {label}; check that it is "
                                     "an OCI registry") from None
             except http.TransportError as error:
+                if self.aborted:
+                    raise
                 if _is_tls_error(error) and not isinstance(error, http.RemoteProtocolError):
                     raise self._tls_error(error) from None
                 # Nothing listens at the address of a registry not yet reached: retrying

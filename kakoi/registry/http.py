@@ -242,9 +242,12 @@ class Response:
 class _Connection:
     """One socket to a server (or through a proxy), with a buffered reader on it."""
 
-    def __init__(self, sock: socket.socket, key: tuple):
+    def __init__(self, sock: socket.socket, key: tuple, opened: set | None = None):
         self.sock = sock
         self.key = key
+        # The pool's set of open connections, which abort() shuts down.
+        self._opened = opened if opened is not None else set()
+        self._opened.add(self)
         self.file = sock.makefile("rb", buffering=_READ_SIZE)
         # Whether any byte of the current response arrived: a reused connection that fails
         # before one does was closed by the server while idle, so the request is sent again.
@@ -298,6 +301,7 @@ class _Connection:
         return not readable
 
     def close(self) -> None:
+        self._opened.discard(self)
         try:
             self.file.close()
         finally:
@@ -518,8 +522,10 @@ class ConnectionPool:
         self._read_timeout = read_timeout
         self._proxies = proxies or ProxySettings({})
         self._idle: dict[tuple, list[_Connection]] = {}
+        self._opened: set[_Connection] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._aborted = False
 
     def handle(self, request: Request) -> Response:
         """Send the request and return the response with its body still on the connection."""
@@ -564,6 +570,19 @@ class ConnectionPool:
         for conn in idle:
             conn.close()
 
+    def abort(self) -> None:
+        """Make every transfer in progress fail now, and every later request at once.
+
+        A thread blocked in a read of a stalled server would wait for the read timeout;
+        shutting the socket down wakes it with an error.
+        """
+        self._aborted = True
+        for conn in list(self._opened):
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def _acquire(self, key: tuple) -> tuple[_Connection, bool]:
         while True:
             with self._lock:
@@ -576,6 +595,8 @@ class ConnectionPool:
             conn.close()
 
     def _open(self, key: tuple) -> _Connection:
+        if self._aborted:
+            raise ConnectError("the transfer was interrupted")
         scheme, host, port, proxy = key
         address = (proxy.host, proxy.port) if proxy else (host, port)
         where = f"proxy {proxy} ({proxy.variable})" if proxy else f"{host}:{port}"
@@ -604,7 +625,7 @@ class ConnectionPool:
         except OSError as error:
             sock.close()
             raise ConnectError(str(error)) from error
-        return _Connection(sock, key)
+        return _Connection(sock, key, self._opened)
 
 
 def _address(url: str) -> tuple[str, str, int, str, str]:
@@ -741,6 +762,11 @@ class Client:
         close = getattr(self._transport, "close", None)
         if close is not None:
             close()
+
+    def abort(self) -> None:
+        abort = getattr(self._transport, "abort", None)
+        if abort is not None:
+            abort()
 
 
 def unverified_context() -> ssl.SSLContext:

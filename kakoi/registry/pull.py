@@ -244,7 +244,7 @@ def download_layers(store, client: RegistryClient, repository: str,
     try:
         # Downloads not yet started are dropped; running ones finish into their partial files.
         outcomes = workers.run_all([job.run for job in jobs.values()], PARALLEL_DOWNLOADS,
-                                   "kakoi-pull")
+                                   "kakoi-pull", on_interrupt=client.abort)
     except BaseException:
         for stream in streamed.values():
             stream.discard()

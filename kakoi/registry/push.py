@@ -349,7 +349,8 @@ def upload_blobs(store, client: RegistryClient, repository: str,
         if not os.path.exists(job.path):
             raise RegistryError(f"{job.label}: the store has no blob {job.digest}; pull or "
                                 "load the image again")
-    results = workers.run_all([job.run for job in jobs], PARALLEL_UPLOADS, "kakoi-push")
+    results = workers.run_all([job.run for job in jobs], PARALLEL_UPLOADS, "kakoi-push",
+                              on_interrupt=client.abort)
     outcomes = {job.digest: result for job, result in zip(jobs, results)}
     return outcomes, {job.digest: job.chunks for job in jobs}
 

@@ -11,12 +11,14 @@ import threading
 from collections.abc import Callable
 
 
-def run_all(tasks: list[Callable[[], object]], workers: int, name: str) -> list:
+def run_all(tasks: list[Callable[[], object]], workers: int, name: str,
+            on_interrupt: Callable[[], None] | None = None) -> list:
     """Run every task in up to `workers` threads and return their results in task order.
 
     After a failure no further task starts; the running ones finish, then the failure of the
-    earliest failed task is raised. An interrupt of the caller (Ctrl-C) also waits for the
-    running tasks, so none is left writing while the caller cleans up.
+    earliest failed task is raised. An interrupt of the caller (Ctrl-C) calls `on_interrupt`,
+    which should make the running tasks fail soon, then waits for them, so none is left
+    writing while the caller cleans up.
     """
     results: list = [None] * len(tasks)
     failures: dict[int, BaseException] = {}
@@ -46,6 +48,8 @@ def run_all(tasks: list[Callable[[], object]], workers: int, name: str) -> list:
     except BaseException:
         with lock:
             stopped = True
+        if on_interrupt is not None:
+            on_interrupt()
         for thread in threads:
             thread.join()
         raise

@@ -488,3 +488,36 @@ def test_stalled_body_gives_what_arrived_before_the_timeout(servers, client):
 def test_unparsable_proxy_is_invalid():
     with pytest.raises(http.InvalidProxy, match="Invalid IPv6 URL"):
         http.ProxySettings({"HTTPS_PROXY": "http://[::1"})
+
+
+def test_abort_wakes_a_read_of_a_stalled_server(servers, client):
+    release = threading.Event()
+
+    def serve(conn, reader, server):
+        server.read_request(reader)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        release.wait(30)
+
+    server = servers(serve)
+    pooled = client(read_timeout=30)
+    response = pooled.send(http.Request("GET", server.url), stream=True)
+    failures = []
+
+    def read_all():
+        try:
+            response.read()
+        except http.TransportError as error:
+            failures.append(error)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    try:
+        pooled.abort()
+        reader.join(10)
+        assert not reader.is_alive()
+        assert isinstance(failures[0], http.TransportError)
+        with pytest.raises(http.ConnectError, match="interrupted"):
+            pooled.get(server.url)
+    finally:
+        release.set()
+        reader.join(30)
