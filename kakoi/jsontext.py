@@ -50,6 +50,8 @@ def loads(text: str | bytes):
         value, end = make_scanner(_ScannerSettings)(text, start)
     except StopIteration as stop:
         raise ValueError(f"invalid JSON: expecting a value at character {stop.value}") from None
+    except RecursionError:
+        raise ValueError("invalid JSON: nested too deeply") from None
     if text[end:].strip(_WHITESPACE):
         raise ValueError(f"invalid JSON: extra data at character {end}")
     return value

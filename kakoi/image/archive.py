@@ -161,7 +161,7 @@ def _read_json(source, name: str):
         raise ImageError(f"{source.label}: {name} is larger than {_MAX_JSON} bytes")
     try:
         return json.loads(data)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise ImageError(f"{source.label}: {name} is not valid JSON ({error})") from None
 
 
@@ -262,7 +262,11 @@ def _read_oci_descriptor(source, descriptor: dict, names: list[str]) -> list[Sou
 
         raise DigestMismatchError(f"{source.label}: manifest {digest} does not match its "
                                   "content; the archive is damaged")
-    manifest = json.loads(manifest_bytes)
+    try:
+        manifest = json.loads(manifest_bytes)
+    except (ValueError, RecursionError) as error:
+        raise ImageError(f"{source.label}: manifest {digest} is not valid JSON ({error}); the "
+                         "archive is damaged") from None
     config = manifest.get("config") or {}
     return [SourceImage(
         names=names,

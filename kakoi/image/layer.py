@@ -152,7 +152,7 @@ def extract(reader: BinaryIO, root: Path | str, what: str) -> int:
     except OSError as error:
         if isinstance(error, ImageError):
             raise
-        raise ImageError(f"unpacking {_layer(what)} failed: {error}") from None
+        raise ImageError(f"unpacking {_layer(what)} failed: {_describe(error)}") from None
     except OverflowError as error:
         # Base-256 header fields can hold values wider than the C types of chmod and mknod.
         raise ImageError(f"unpacking {_layer(what)} failed: a mode, uid, gid or device number is "
@@ -256,6 +256,17 @@ class StreamExtractor:
     def abort(self) -> None:
         self._chunks.put(_ABORT)
         self._thread.join()
+
+
+def _describe(error: OSError) -> str:
+    """Return an OSError's reason and file, with a path over 200 characters shortened."""
+    path = error.filename if isinstance(error.filename, str) else ""
+    if len(path) > 200:
+        path = f"{path[:80]}...{path[-80:]} ({len(path)} characters)"
+    text = f"{error.strerror or error}" + (f": {path}" if path else "")
+    if error.errno == errno.ENAMETOOLONG:
+        text += "; the layer nests its files deeper than the system's path limit"
+    return text
 
 
 def _layer(what: str) -> str:
@@ -570,7 +581,8 @@ class _Extractor:
                 if error.errno in (errno.ENOTSUP, errno.EPERM) and entry.type == SYMLINK:
                     continue
                 raise ImageError(f"{_layer(self.what)}: setting xattr {name} on {entry.name!r} "
-                                 f"failed: {error.strerror}") from None
+                                 f"failed: {error.strerror}; this file system cannot store "
+                                 "that xattr, unpack on one that can") from None
 
 
 def _process_umask() -> int:

@@ -133,6 +133,10 @@ class Authenticator:
         realm = challenge.params.get("realm")
         if not realm:
             raise RegistryError(f"registry {self.host} sent a Bearer challenge without a realm")
+        if not _is_http_url(realm):
+            raise RegistryError(f"registry {self.host} sent a Bearer challenge with the invalid "
+                                f"realm {realm[:100]!r}; check the registry's auth "
+                                "configuration")
         service = challenge.params.get("service", "")
         scope = scope or challenge.params.get("scope", "")
         key = (realm, service, scope)
@@ -174,3 +178,15 @@ def rejected(host: str, credentials: tuple[str, str] | None) -> AuthenticationEr
                                    f"the credentials of user {credentials[0]!r}; run `kakoi "
                                    f"login {host}` again")
     return AuthenticationError(f"authentication to {host} required: run `kakoi login {host}`")
+
+
+def _is_http_url(text: str) -> bool:
+    """Return True for an absolute http or https URL with a host and a valid port."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        # .port raises ValueError for a port that is not a number in 0..65535.
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        return False

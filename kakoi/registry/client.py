@@ -69,7 +69,7 @@ def _error_text(response: http.Response) -> str:
         errors = jsontext.loads(body).get("errors") or []
         parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors
                  if isinstance(e, dict)]
-    except (ValueError, AttributeError, http.TransportError):
+    except (ValueError, AttributeError, RecursionError, http.TransportError):
         parts = []
     return "; ".join(parts) or f"HTTP {response.status_code} {response.reason_phrase}"
 
@@ -272,6 +272,10 @@ class RegistryClient:
         failure.certificate = _is_certificate_error(error)
         return failure
 
+    def transport_failure(self, label: str, error: Exception) -> RegistryError:
+        """Describe a body that failed while it was read, outside the request's retries."""
+        return self._connection_error(label, error, 1)
+
     def _connection_error(self, label: str, error: Exception, attempts: int) -> RegistryError:
         """Describe a request that got no complete response; `transport` marks the error."""
         detail = str(error) or type(error).__name__
@@ -324,7 +328,11 @@ class RegistryClient:
             if response.status_code == 401 and same_host:
                 response.close()
                 raise auths.rejected(self.host, self.credentials)
-            if response.status_code in _REDIRECTS and "Location" in response.headers:
+            if response.status_code in _REDIRECTS and "Location" not in response.headers:
+                response.close()
+                raise RegistryError(f"registry {self.host} redirected {path} without a Location "
+                                    "header; check the registry")
+            if response.status_code in _REDIRECTS:
                 redirects += 1
                 location = response.headers["Location"]
                 response.close()
@@ -433,10 +441,14 @@ class RegistryClient:
             manifests.check_size(int(length) if length and _is_number(length) else None,
                                  "manifest")
             body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > manifests.MAX_MANIFEST_SIZE:
-                    manifests.check_size(len(body), "manifest")
+            try:
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > manifests.MAX_MANIFEST_SIZE:
+                        manifests.check_size(len(body), "manifest")
+            except http.TransportError as error:
+                raise self.transport_failure(f"manifest {repository}:{reference}", error) \
+                    from None
         content_type = response.headers.get("Content-Type")
         media_type = manifests.media_type_of(bytes(body), content_type)
         return bytes(body), media_type, response.headers.get("Docker-Content-Digest")

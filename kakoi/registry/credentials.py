@@ -173,32 +173,46 @@ def _helper_get(name: str, key: str, path: str) -> tuple[str, str] | None:
     if username == "<token>":
         raise RegistryError(f"credential helper {_program(name)} has an identity token for "
                             f"{key}, which kakoi cannot use; run `kakoi login {key}`")
-    if not isinstance(username, str) or not isinstance(secret, str) or not username:
+    if not isinstance(username, str) or not isinstance(secret, str):
+        raise RegistryError(f"credential helper {_program(name)} returned invalid JSON for "
+                            f"{key}; check the helper")
+    if not username:
         return None
     return username, secret
 
 
 def _run_helper(name: str, command: str, request: str, path: str) -> str | None:
     """Run `docker-credential-NAME command` with `request` on stdin; None when not found."""
+    import signal
     import subprocess
 
     program = _program(name)
     try:
-        result = subprocess.run([program, command], input=request, capture_output=True,
-                                text=True, timeout=60)
+        # A session of its own, so that a timeout stops whatever the helper started too.
+        helper = subprocess.Popen([program, command], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  start_new_session=True)
     except FileNotFoundError:
         raise RegistryError(f"credential helper {program} not found in PATH; install it or "
                             f"remove \"{name}\" from credsStore or credHelpers in "
                             f"{path}") from None
+    except OSError as error:
+        raise RegistryError(f"credential helper {program} cannot run: {error.strerror}; check "
+                            "that it is an executable program") from None
+    try:
+        stdout, stderr = helper.communicate(request.encode(), timeout=60)
     except subprocess.TimeoutExpired:
+        os.killpg(helper.pid, signal.SIGKILL)
+        helper.communicate()
         raise RegistryError(f"credential helper {program} {command} did not finish in 60 "
                             "seconds; check the helper") from None
-    if result.returncode == 0:
-        return result.stdout
-    message = (result.stdout.strip() or result.stderr.strip()).splitlines()
+    output = stdout.decode("utf-8", "replace")
+    if helper.returncode == 0:
+        return output
+    message = (output.strip() or stderr.decode("utf-8", "replace").strip()).splitlines()
     if message and _NOT_FOUND in message[0]:
         return None
-    detail = message[0] if message else f"exit status {result.returncode}"
+    detail = message[0][:200] if message else f"exit status {helper.returncode}"
     raise RegistryError(f"credential helper {program} {command} failed: {detail}; check "
                         "the helper")
 

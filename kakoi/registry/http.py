@@ -20,6 +20,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from base64 import b64encode
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -211,8 +212,11 @@ class Response:
     # Nothing decodes a content coding here (none is asked for), so raw bytes are the bytes.
     iter_raw = iter_bytes
 
-    def read(self, limit: int | None = None) -> bytes:
-        """Return the whole body; ResponseTooLarge when it exceeds `limit` bytes."""
+    def read(self, limit: int | None = None, deadline: float | None = None) -> bytes:
+        """Return the whole body; ResponseTooLarge when it exceeds `limit` bytes.
+
+        With `deadline` (time.monotonic), a body that is still arriving then raises Timeout.
+        """
         if self._content is None:
             chunks, size = [], 0
             for chunk in self.iter_bytes(1 << 20):
@@ -220,6 +224,9 @@ class Response:
                 if limit is not None and size > limit:
                     self._body.close()
                     raise ResponseTooLarge(f"the response is larger than {limit} bytes")
+                if deadline is not None and time.monotonic() > deadline:
+                    self._body.close()
+                    raise Timeout("the response body did not arrive in time")
                 chunks.append(chunk)
             self._content = b"".join(chunks)
             self._body.close()
@@ -252,6 +259,8 @@ class _Connection:
         # Whether any byte of the current response arrived: a reused connection that fails
         # before one does was closed by the server while idle, so the request is sent again.
         self.received = False
+        # When the response headers must have arrived (time.monotonic), or None.
+        self.deadline: float | None = None
 
     def send(self, data: bytes) -> None:
         try:
@@ -262,14 +271,32 @@ class _Connection:
             raise ReadError(f"sending the request failed: {error}") from error
 
     def readline(self) -> bytes:
-        try:
-            line = self.file.readline(_MAX_LINE + 1)
-        except socket.timeout:
-            raise Timeout("timed out waiting for the response") from None
-        except OSError as error:
-            raise ReadError(f"reading the response failed: {error}") from error
-        if len(line) > _MAX_LINE:
+        """Return the next line, with at most one read of the socket between deadline checks.
+
+        BufferedReader.readline would wait for the whole line, however slowly its bytes came:
+        a server sending one byte a second would hold the request for a day.
+        """
+        parts, size = [], 0
+        while size <= _MAX_LINE:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise Timeout("the response headers did not arrive in time")
+            try:
+                buffered = self.file.peek(1)
+            except socket.timeout:
+                raise Timeout("timed out waiting for the response") from None
+            except OSError as error:
+                raise ReadError(f"reading the response failed: {error}") from error
+            if not buffered:
+                break
+            newline = buffered.find(b"\n")
+            take = len(buffered) if newline < 0 else newline + 1
+            parts.append(self.file.read(take))
+            size += take
+            if newline >= 0:
+                break
+        if size > _MAX_LINE:
             raise RemoteProtocolError("a response line is longer than 64 KiB")
+        line = b"".join(parts)
         self.received = self.received or bool(line)
         return line
 
@@ -364,7 +391,7 @@ class _NetworkBody:
                 self._finish()
                 return b""
             self._chunk_left = size
-        data = self._conn.read(min(limit, self._chunk_left))
+        data = self._conn.read_some(min(limit, self._chunk_left))
         if not data:
             raise RemoteProtocolError("the server closed the connection inside a chunk")
         self._chunk_left -= len(data)
@@ -542,7 +569,9 @@ class ConnectionPool:
                 conn.send(head)
                 if request.content:
                     conn.send(request.content)
+                conn.deadline = time.monotonic() + self._read_timeout
                 status, reason, headers, keep_alive = _read_head(conn)
+                conn.deadline = None
             except TransportError:
                 conn.close()
                 # An idle connection that the server closed meanwhile: one try on a new one.
@@ -662,7 +691,7 @@ def _request_head(request: Request, target: str, authority: str, proxy: _Proxy |
 
 def _read_head(conn: _Connection) -> tuple[int, str, Headers, bool]:
     """Read the status line and headers, skipping interim 1xx responses."""
-    for _ in range(_MAX_INTERIM):
+    for _ in range(_MAX_INTERIM + 1):
         line = conn.readline()
         if not line:
             raise RemoteProtocolError("the server closed the connection without a response")
@@ -720,6 +749,7 @@ def _tunnel(sock: socket.socket, host: str, port: int, proxy: _Proxy) -> None:
     # The proxy sends nothing after its response until the TLS client speaks first, so the
     # buffered reader cannot take bytes that belong to the tunnel.
     conn = _Connection(sock, ())
+    conn.deadline = time.monotonic() + (sock.gettimeout() or 60.0)
     status, reason, _, _ = _read_head(conn)
     conn.file.close()
     if status != 200:
@@ -733,6 +763,7 @@ class Client:
     def __init__(self, ssl_context: ssl.SSLContext | None, connect_timeout: float = 10.0,
                  read_timeout: float = 60.0, headers: dict | None = None, transport=None):
         self._headers = dict(headers or {})
+        self._read_timeout = read_timeout
         self._transport = transport or ConnectionPool(ssl_context, connect_timeout,
                                                       read_timeout, ProxySettings())
 
@@ -749,7 +780,7 @@ class Client:
             response.request = request
         if not stream:
             try:
-                response.read(MAX_READ_BODY)
+                response.read(MAX_READ_BODY, time.monotonic() + self._read_timeout)
             except BaseException:
                 response.close()
                 raise

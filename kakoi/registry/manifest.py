@@ -135,7 +135,7 @@ def check_media_type(media_type: str, document: object = None) -> None:
 def parse_json(body: bytes, label: str) -> dict:
     try:
         document = json.loads(body)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise ManifestError(f"the {label} is not valid JSON ({error}); the registry served "
                             "damaged content") from None
     if not isinstance(document, dict):

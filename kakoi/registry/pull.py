@@ -26,6 +26,7 @@ from kakoi.registry import workers
 from kakoi.registry.blob import BlobDownload
 from kakoi.registry.client import RegistryClient, check_digest
 from kakoi.registry.errors import ManifestError, RegistryError
+from kakoi.registry.http import TransportError
 from kakoi.registry.progress import Quiet
 
 PARALLEL_DOWNLOADS = 3
@@ -106,10 +107,13 @@ def fetch_config(client: RegistryClient, repository: str,
     with closing(response):
         client.check_status(response, f"config {descriptor.digest}")
         body = bytearray()
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > descriptor.size:
-                break
+        try:
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > descriptor.size:
+                    break
+        except TransportError as error:
+            raise client.transport_failure(f"config {descriptor.digest}", error) from None
     check_digest(bytes(body), descriptor.digest, f"config {descriptor.digest}")
     return bytes(body)
 

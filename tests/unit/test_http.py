@@ -120,7 +120,7 @@ def client():
 
     def make(context=None, read_timeout=10.0, proxies=None) -> http.Client:
         pool = http.ConnectionPool(context, 5.0, read_timeout, proxies)
-        clients.append(http.Client(context, transport=pool))
+        clients.append(http.Client(context, read_timeout=read_timeout, transport=pool))
         return clients[-1]
 
     yield make
@@ -521,3 +521,38 @@ def test_abort_wakes_a_read_of_a_stalled_server(servers, client):
     finally:
         release.set()
         reader.join(30)
+
+
+def test_trickling_headers_time_out(servers, client):
+    release = threading.Event()
+
+    def serve(conn, reader, server):
+        server.read_request(reader)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        # One byte at a time, each well within the read timeout, never ending the line.
+        while not release.wait(0.05):
+            conn.sendall(b"a")
+
+    server = servers(serve)
+    try:
+        with pytest.raises(http.Timeout, match="headers did not arrive in time"):
+            client(read_timeout=0.5).get(server.url)
+    finally:
+        release.set()
+
+
+def test_trickling_body_read_whole_times_out(servers, client):
+    release = threading.Event()
+
+    def serve(conn, reader, server):
+        server.read_request(reader)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+        while not release.wait(0.05):
+            conn.sendall(b"a")
+
+    server = servers(serve)
+    try:
+        with pytest.raises(http.Timeout, match="body did not arrive in time"):
+            client(read_timeout=0.5).get(server.url)
+    finally:
+        release.set()

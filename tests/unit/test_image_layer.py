@@ -12,6 +12,7 @@ from image_helpers import file_entry, tar_bytes
 from kakoi.errors import ImageError, LayerEscapeError
 from kakoi.image import digest as digests
 from kakoi.image.layer import OPAQUE_XATTR, StreamExtractor, extract, unpack
+from kakoi.kernel.tree import remove_tree
 
 
 def entry(name: str, kind: bytes = tarfile.DIRTYPE, mode: int = 0o755, **fields):
@@ -464,3 +465,16 @@ def test_nul_byte_in_a_pax_record_is_image_error(tmp_path, field, value):
 
     with pytest.raises(ImageError, match="embedded null byte .* the layer is malformed"):
         unpack_bytes(tar_bytes([link]), tmp_path / "layer")
+
+
+def test_layer_deeper_than_the_path_limit_is_one_short_line(tmp_path):
+    deep = "/".join(["d"] * 2100)
+    data = tar_bytes([file_entry(deep + "/f", b"x")])
+
+    try:
+        with pytest.raises(ImageError, match="deeper than the system's path limit") as failure:
+            unpack_bytes(data, tmp_path / "layer")
+    finally:
+        # pytest's own cleanup of tmp_path recurses and would stop short of this tree.
+        remove_tree(str(tmp_path / "layer"))
+    assert len(str(failure.value)) < 400

@@ -289,3 +289,21 @@ def test_token_server_redirect_is_followed_without_credentials_elsewhere():
 
     assert tokens[0].url.host == "tokens.test"
     assert "Authorization" not in tokens[0].headers
+
+
+@pytest.mark.parametrize("realm", ["http://[::1", "ftp://auth.test/token", "/token",
+                                   "https://auth.test:99999/token"])
+def test_invalid_realm_is_named_without_retries(realm):
+    challenge = {"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'}
+    fake = Fake({"/v2/": [Response(401, headers=challenge)]})
+
+    with pytest.raises(RegistryError, match="Bearer challenge with the invalid realm"):
+        fake.client(credentials=("u", "p")).get_manifest("a", "t")
+    assert fake.sleeps == []
+
+
+def test_redirect_without_location_is_named():
+    fake = Fake({"/v2/": [Response(200)], "/v2/a/manifests/t": [Response(307)]})
+
+    with pytest.raises(RegistryError, match="redirected /v2/a/manifests/t without a Location"):
+        fake.client().get_manifest("a", "t")

@@ -231,3 +231,21 @@ def test_auths_that_are_not_an_object(config_dir):
 
     with pytest.raises(RegistryError, match=r"\"auths\" must be an object"):
         credentials.lookup("127.0.0.1:5000")
+
+
+def test_helper_that_cannot_run_is_named(config_dir, helper):
+    program = helper.parent / "bin" / "docker-credential-kakoitest"
+    program.chmod(0o644)
+    write_config(config_dir, {"credsStore": "kakoitest"})
+
+    with pytest.raises(RegistryError, match="docker-credential-kakoitest cannot run: "
+                                            "Permission denied"):
+        credentials.lookup("127.0.0.1:5000")
+
+
+def test_helper_answer_of_the_wrong_type_is_invalid(config_dir, helper):
+    write_config(config_dir, {"credsStore": "kakoitest"})
+    helper.write_text(json.dumps({"127.0.0.1:5000": {"Username": 5, "Secret": ["x"]}}))
+
+    with pytest.raises(RegistryError, match="returned invalid JSON"):
+        credentials.lookup("127.0.0.1:5000")
