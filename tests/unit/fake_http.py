@@ -1,8 +1,8 @@
 """A transport that serves kakoi's HTTP client from a function instead of the network.
 
 The registry unit tests use it to script responses that a real registry cannot be made to give
-on demand (a 503 then a 200, a cut body, a redirect to another host); the e2e tests use real
-registries.
+on demand, such as a 503 then a 200, a cut body or a redirect to another host. The e2e tests
+use real registries.
 """
 
 from kakoi.registry.http import ConnectError, Response

@@ -1,6 +1,6 @@
 """Blob downloads against a fake transport: verification, resume with Range, truncation.
 
-A fake transport stands in for the registry, because a real one cannot be made to cut a
+A fake transport replaces the registry, because a real one cannot be made to cut a
 response short or serve wrong bytes on demand.
 """
 
