@@ -348,7 +348,7 @@ class RegistryClient:
         try:
             return urljoin(base, target)
         except ValueError:
-            raise RegistryError(f"registry {self.host} gave an invalid URL {target[:200]!r}; "
+            raise RegistryError(f"registry {self.host} sent an invalid URL {target[:200]!r}; "
                                 "check the registry") from None
 
     def _same_origin(self, url: str) -> bool:
@@ -360,7 +360,7 @@ class RegistryClient:
         try:
             target = urlsplit(url)
         except ValueError:
-            raise RegistryError(f"registry {self.host} gave an invalid URL {url[:200]!r}; "
+            raise RegistryError(f"registry {self.host} sent an invalid URL {url[:200]!r}; "
                                 "check the registry") from None
         base = urlsplit(self.base)
         return (target.scheme, target.netloc) == (base.scheme, base.netloc)

@@ -81,9 +81,14 @@ def load(path: str | None = None) -> dict[str, dict]:
 
 
 def is_loopback(host: str) -> bool:
-    hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    hostname = hostname.strip("[]")
-    return hostname == "localhost" or hostname.startswith("127.") or hostname == "::1"
+    """Return True for HOST[:PORT] naming localhost, 127.0.0.0/8 or ::1."""
+    from kakoi.registry.http import is_loopback_host
+
+    if host.startswith("["):
+        hostname = host[1:].partition("]")[0]
+    else:
+        hostname = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return is_loopback_host(hostname)
 
 
 def settings_for(host: str, registries: dict[str, dict] | None = None) -> RegistrySettings:

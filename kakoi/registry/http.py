@@ -48,31 +48,31 @@ def is_number(text: str) -> bool:
 
 
 class TransportError(Exception):
-    """No complete response: the connection, TLS, a timeout or the message framing failed."""
+    """A failed exchange: the connection, TLS, a timeout or the message framing failed."""
 
 
 class ConnectError(TransportError):
-    """The connection (or its TLS handshake, or the proxy's tunnel) could not be set up."""
+    """A connection, TLS handshake or proxy tunnel that could not be set up."""
 
 
 class ProxyError(ConnectError):
-    """The proxy cannot be reached, or it refused the tunnel to the registry."""
+    """A proxy that cannot be reached, or that rejected the tunnel to the registry."""
 
 
 class ReadError(TransportError):
-    """The connection failed while the request was sent or the response read."""
+    """A connection that failed while the request was sent or the response read."""
 
 
 class Timeout(TransportError):
-    """The server did not respond within the timeout."""
+    """A server that did not respond within the timeout."""
 
 
 class RemoteProtocolError(TransportError):
-    """The server's response is not valid HTTP/1.1, or ends before its declared length."""
+    """A response that is not valid HTTP/1.1, or that ends before its declared length."""
 
 
 class InvalidProxy(ValueError):
-    """A proxy variable in the environment cannot be used."""
+    """A proxy variable in the environment that cannot be used."""
 
 
 class ResponseTooLarge(Exception):
@@ -104,7 +104,7 @@ class URL(str):
 
 
 class Headers:
-    """Case-insensitive headers; a repeated header reads as its values joined with ", "."""
+    """Case-insensitive headers, where a repeated header reads as its values joined by ", "."""
 
     __slots__ = ("_values", "_names")
 
@@ -209,7 +209,7 @@ class Response:
         while chunk := self._body.read(chunk_size):
             yield chunk
 
-    # Nothing decodes a content coding here (none is asked for), so raw bytes are the bytes.
+    # Requests ask for no content coding, so the raw bytes are the body's bytes.
     iter_raw = iter_bytes
 
     def read(self, limit: int | None = None, deadline: float | None = None) -> bytes:
@@ -273,8 +273,8 @@ class _Connection:
     def readline(self) -> bytes:
         """Return the next line, with at most one read of the socket between deadline checks.
 
-        BufferedReader.readline would wait for the whole line, however slowly its bytes came:
-        a server sending one byte a second would hold the request for a day.
+        BufferedReader.readline would wait for the whole line, however slowly its bytes came,
+        so a server sending one byte a second could hold a request for hours.
         """
         parts, size = [], 0
         while size <= _MAX_LINE:
@@ -318,7 +318,7 @@ class _Connection:
             raise ReadError(f"reading the response body failed: {error}") from error
 
     def is_idle_and_open(self) -> bool:
-        """True when nothing is waiting to be read: the server has not closed it or sent junk."""
+        """Return True when nothing waits to be read, so the server neither closed nor wrote."""
         if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
             return False
         try:
@@ -489,7 +489,7 @@ class ProxySettings:
 
     def for_url(self, scheme: str, host: str, port: int) -> _Proxy | None:
         proxy = self.proxies.get(scheme)
-        if proxy is None or _is_loopback(host) or self._bypassed(host.lower(), port):
+        if proxy is None or is_loopback_host(host) or self._bypassed(host.lower(), port):
             return None
         return proxy
 
@@ -529,7 +529,11 @@ def _in_network(host: str, network: str) -> bool:
         return False
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Return True for localhost, an IPv4 literal in 127.0.0.0/8, or ::1.
+
+    A name such as 127.example.com is not an address, so it is not loopback.
+    """
     if host in ("localhost", "::1"):
         return True
     parts = host.split(".")
@@ -574,7 +578,7 @@ class ConnectionPool:
                 conn.deadline = None
             except TransportError:
                 conn.close()
-                # An idle connection that the server closed meanwhile: one try on a new one.
+                # The server closed this idle connection meanwhile, so send once more on a new one.
                 if reused and not conn.received and attempt == 1:
                     continue
                 raise
@@ -602,8 +606,8 @@ class ConnectionPool:
     def abort(self) -> None:
         """Make every transfer in progress fail now, and every later request at once.
 
-        A thread blocked in a read of a stalled server would wait for the read timeout;
-        shutting the socket down wakes it with an error.
+        A thread blocked in a read of a stalled server would wait for the read timeout.
+        Shutting the socket down wakes it with an error.
         """
         self._aborted = True
         for conn in list(self._opened):
@@ -641,7 +645,7 @@ class ConnectionPool:
             if proxy is not None and scheme == "https":
                 _tunnel(sock, host, port, proxy)
             if scheme == "https":
-                # An ASCII name as bytes skips ssl's IDNA encoding and its import (2 ms).
+                # An ASCII name as bytes skips ssl's IDNA encoding and its import (about 2 ms).
                 name = host.encode() if host.isascii() else host
                 sock = self._ssl_context.wrap_socket(sock, server_hostname=name)
             sock.settimeout(self._read_timeout)

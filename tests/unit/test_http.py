@@ -523,36 +523,23 @@ def test_abort_wakes_a_read_of_a_stalled_server(servers, client):
         reader.join(30)
 
 
-def test_trickling_headers_time_out(servers, client):
+@pytest.mark.parametrize("head, message", [
+    (b"HTTP/1.1 200 OK\r\nX-Slow: ", "headers did not arrive in time"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n", "body did not arrive in time"),
+], ids=["headers", "body read whole"])
+def test_trickling_response_times_out(servers, client, head, message):
     release = threading.Event()
 
     def serve(conn, reader, server):
         server.read_request(reader)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-        # One byte at a time, each well within the read timeout, never ending the line.
+        conn.sendall(head)
+        # One byte at a time, each well within the read timeout, never ending the response.
         while not release.wait(0.05):
             conn.sendall(b"a")
 
     server = servers(serve)
     try:
-        with pytest.raises(http.Timeout, match="headers did not arrive in time"):
-            client(read_timeout=0.5).get(server.url)
-    finally:
-        release.set()
-
-
-def test_trickling_body_read_whole_times_out(servers, client):
-    release = threading.Event()
-
-    def serve(conn, reader, server):
-        server.read_request(reader)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
-        while not release.wait(0.05):
-            conn.sendall(b"a")
-
-    server = servers(serve)
-    try:
-        with pytest.raises(http.Timeout, match="body did not arrive in time"):
+        with pytest.raises(http.Timeout, match=message):
             client(read_timeout=0.5).get(server.url)
     finally:
         release.set()

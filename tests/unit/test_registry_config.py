@@ -38,6 +38,12 @@ def test_loopback_allows_http_but_verifies_tls():
         assert not settings.insecure, host
 
 
+def test_name_starting_with_127_is_not_loopback():
+    settings = config.settings_for("127.example.com:5000", {})
+
+    assert not settings.allow_http
+
+
 def test_loopback_http_can_be_turned_off():
     settings = config.settings_for("127.0.0.1:5000", {"127.0.0.1:5000": {"insecure": False}})
     assert not settings.allow_http
